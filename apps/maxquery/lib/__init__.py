@@ -1,0 +1,1 @@
+"""Building blocks of the MaxQuery MONAI Label app: tasks, datastore, model store and settings."""

@@ -1,0 +1,257 @@
+"""A local datastore that validates uploads before saving them and never leaves a half-written file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from filelock import FileLock
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
+from monailabel.datastore.utils.convert import binary_to_image
+from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
+from monailabel.utils.others.generic import remove_file
+
+from .errors import InvalidInputError, http_errors
+from .volume_checks import LABEL_EXTENSIONS, VOLUME_EXTENSIONS, check_image, check_label, load_volume, volume_extension
+
+__all__ = ["ValidatingLocalDatastore", "atomic_copy"]
+
+logger = logging.getLogger(__name__)
+
+
+def atomic_copy(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """Copy ``source`` to ``destination`` through a hidden temporary file in the destination's folder.
+
+    Readers (and a crash) see either the previous file or the complete new one, never part of it.
+    """
+    destination = Path(destination)
+    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, destination)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_name(name: str, what: str) -> str:
+    """Reject ids and tags that would escape the datastore folder or hide as dot-files (HTTP 422)."""
+    if not name or name.startswith(".") or any(c in name for c in ("/", "\\", "\0")) or any(ord(c) < 32 for c in name):
+        raise InvalidInputError(f"invalid {what} '{name}': use a plain file-name-like id (no path separators).")
+    return name
+
+
+class ValidatingLocalDatastore(LocalDatastore):
+    """MONAI Label's local datastore with checks before every write and atomic writes.
+
+    Differences from :class:`~monailabel.datastore.local.LocalDatastore`:
+
+    - ``add_image`` accepts only single-channel 3D volumes (NIfTI/NRRD); corrupt, 2D or multi-channel uploads are
+      rejected with HTTP 422 naming the problem, before anything is written;
+    - ``save_label`` checks the label against its image first (3D, same voxel grid and geometry, integer values
+      among the app's labels) and rejects it with HTTP 422 otherwise, so a rejected upload leaves the previous label
+      untouched; an unknown image id is HTTP 404; raw ``.bin`` labels (one uint8 per voxel, as sent by OHIF) are
+      converted on the image's grid;
+    - files and the ``datastore_v2.json`` index are written to a temporary file and renamed, so they are never
+      half-written; index updates re-read the index under the file lock first, so updates made by another process
+      (background scoring, training) are not overwritten, and reads pick up such updates.
+
+    Args:
+        datastore_path: the studies folder.
+        label_values: label values a saved label may hold.
+        auto_reload: watch the folder for external changes.
+        read_only: do not reconcile the index with the folder at start.
+    """
+
+    def __init__(
+        self, datastore_path: str, label_values: Sequence[int], auto_reload: bool = False, read_only: bool = False
+    ) -> None:
+        self.label_values = sorted({int(v) for v in label_values})
+        super().__init__(
+            datastore_path,
+            extensions=[f"*{extension}" for extension in VOLUME_EXTENSIONS],
+            auto_reload=auto_reload,
+            read_only=read_only,
+        )
+
+    # -- index consistency --------------------------------------------------------------------------------------
+
+    def _reload_locked(self) -> None:
+        """Re-read the index if another process changed it; the caller holds the file lock."""
+        path = self._datastore_config_path
+        if not os.path.exists(path):
+            return
+        mtime = os.stat(path).st_mtime
+        if mtime != self._config_ts:
+            with open(path) as handle:
+                self._datastore = LocalDatastoreModel.model_validate_json(handle.read())
+            self._datastore.base_path = self._datastore_path
+            self._config_ts = mtime
+
+    def _sync(self) -> None:
+        """Pick up index changes made by other processes (cheap when there are none)."""
+        self._init_from_datastore_file()
+
+    def _update_datastore_file(self, lock: bool = True) -> None:
+        def write() -> None:
+            text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+            tmp = f"{self._datastore_config_path}.partial"
+            with open(tmp, "w") as handle:
+                handle.write(text)
+            os.replace(tmp, self._datastore_config_path)
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+        if lock:
+            with FileLock(self._lock_file):
+                write()
+        else:
+            write()
+
+    # -- reads ----------------------------------------------------------------------------------------------------
+
+    def get_image_info(self, image_id: str) -> dict[str, Any]:
+        self._sync()
+        return super().get_image_info(image_id)
+
+    def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
+        self._sync()
+        return super().get_label_info(label_id, label_tag)
+
+    def list_images(self) -> list[str]:
+        self._sync()
+        return super().list_images()
+
+    def get_labeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
+        self._sync()
+        return super().get_labeled_images(label_tag, labels)
+
+    def get_unlabeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
+        self._sync()
+        return super().get_unlabeled_images(label_tag, labels)
+
+    def datalist(self, full_path: bool = True) -> list[dict[str, Any]]:
+        self._sync()
+        return super().datalist(full_path)
+
+    def json(self) -> dict[str, Any]:
+        self._sync()
+        return super().json()
+
+    # -- writes ---------------------------------------------------------------------------------------------------
+
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        """Validate, then store an image (HTTP 422 for an unsupported, corrupt or non-3D file)."""
+        with http_errors("adding an image"):
+            image_id = check_name(image_id or self._to_id(os.path.basename(image_filename))[0], "image id")
+            what = f"uploaded image '{image_id}'"
+            extension = volume_extension(image_filename, VOLUME_EXTENSIONS, what)
+            check_image(image_filename, what)
+            name = self._filename(image_id, extension)
+            destination = os.path.realpath(os.path.join(self._datastore.image_path(), name))
+            with FileLock(self._lock_file):
+                self._reload_locked()
+                previous = self._datastore.objects.get(image_id)
+                atomic_copy(image_filename, destination)
+                if previous is not None and previous.image.ext != extension:
+                    old_name = self._filename(image_id, previous.image.ext)
+                    remove_file(os.path.join(self._datastore.image_path(), old_name))
+                info = dict(image_info or {})
+                info.update({"ts": int(time.time()), "name": name})
+                self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=extension))
+                self._update_datastore_file(lock=False)
+            logger.info("added image %s -> %s", image_id, destination)
+            return image_id
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        """Validate a label against its image, then store it atomically (HTTP 404 / 422 otherwise)."""
+        with http_errors("saving a label"):
+            check_name(label_tag, "label tag")
+            self._sync()
+            if image_id not in self._datastore.objects:
+                raise ImageNotFoundException(f"image '{image_id}' not found in the datastore; upload it first.")
+            what = f"label for image '{image_id}'"
+            extension = volume_extension(label_filename, LABEL_EXTENSIONS, what)
+            image_uri = self.get_image_uri(image_id)
+            converted = None
+            if extension == ".bin":
+                converted = label_filename = self._binary_label_to_volume(label_filename, image_uri, what)
+                extension = ".nii.gz"
+            try:
+                values = check_label(label_filename, image_uri, self.label_values, what)
+                self._store_label(image_id, label_filename, label_tag, extension, label_info, values)
+            finally:
+                if converted:
+                    remove_file(converted)
+            return image_id
+
+    def _store_label(
+        self,
+        image_id: str,
+        label_filename: str,
+        label_tag: str,
+        extension: str,
+        label_info: dict[str, Any],
+        values: list[int],
+    ) -> None:
+        label_dir = self._datastore.label_path(label_tag)
+        name = self._filename(image_id, extension)
+        with FileLock(self._lock_file):
+            self._reload_locked()
+            entry = self._datastore.objects.get(image_id)
+            if entry is None:
+                raise ImageNotFoundException(f"image '{image_id}' was removed from the datastore meanwhile.")
+            os.makedirs(label_dir, exist_ok=True)
+            atomic_copy(label_filename, os.path.join(label_dir, name))
+            previous = entry.labels.get(label_tag)
+            if previous is not None and previous.ext != extension:
+                remove_file(os.path.join(label_dir, self._filename(image_id, previous.ext)))
+            info = dict(label_info or {})
+            info.update({"ts": int(time.time()), "name": name, "label_values": values})
+            entry.labels[label_tag] = DataModel(info=info, ext=extension)
+            self._update_datastore_file(lock=False)
+        logger.info("saved label %s/%s (values %s)", label_tag, name, values)
+
+    @staticmethod
+    def _binary_label_to_volume(label_filename: str, image_uri: str, what: str) -> str:
+        image = load_volume(image_uri, f"{what}: its image")
+        expected, size = int(np.prod(image.shape[1:])), os.path.getsize(label_filename)
+        if size != expected:
+            raise InvalidInputError(
+                f"{what}: a .bin label must hold one uint8 per image voxel ({expected} bytes for spatial shape "
+                f"{tuple(image.shape[1:])}); got {size} bytes."
+            )
+        return binary_to_image(image_uri, label_filename)
+
+    def remove_image(self, image_id: str) -> None:
+        with http_errors("removing an image"):
+            self._sync()
+            super().remove_image(image_id)
+
+    def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
+        with http_errors("updating image info"), FileLock(self._lock_file):
+            self._reload_locked()
+            entry = self._datastore.objects.get(image_id)
+            if entry is None:
+                raise ImageNotFoundException(f"image '{image_id}' not found in the datastore.")
+            entry.image.info.update(info)
+            self._update_datastore_file(lock=False)
+
+    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
+        with http_errors("updating label info"), FileLock(self._lock_file):
+            self._reload_locked()
+            label = self._datastore.label(label_id, label_tag)
+            if label is None:
+                raise LabelNotFoundException(f"label '{label_id}' with tag '{label_tag}' not found in the datastore.")
+            label.info.update(info)
+            self._update_datastore_file(lock=False)

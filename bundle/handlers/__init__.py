@@ -1,0 +1,7 @@
+"""Ignite handlers wired by the bundle configs: OOD calibration, the case table and the evaluation report."""
+
+from .calibration import OODCalibrationHandler
+from .case_writer import OODCaseWriter
+from .evaluation import BASELINE_METHODS, OODEvaluationHandler, format_metrics_table
+
+__all__ = ["BASELINE_METHODS", "OODCalibrationHandler", "OODCaseWriter", "OODEvaluationHandler", "format_metrics_table"]

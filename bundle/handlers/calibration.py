@@ -1,0 +1,122 @@
+"""Calibrates the OOD thresholds on inlier validation data and stores them next to the model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.utils import min_version, optional_import
+
+from bundle.ood.calibration import calibrate_threshold, save_calibration
+
+Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+
+__all__ = ["OODCalibrationHandler"]
+
+logger = logging.getLogger(__name__)
+
+
+class OODCalibrationHandler:
+    """Collect inlier case scores and foreground anomaly values, then write the calibration JSON.
+
+    Two thresholds are stored:
+
+    - ``threshold``: the case score above which a case is flagged, chosen so that a fraction ``target_fpr``
+      of inlier validation cases would be flagged;
+    - ``voxel_threshold``: the anomaly value above which a voxel of the predicted organ/lesion region is marked
+      "suspected OOD", chosen so that a fraction ``voxel_target_fpr`` of inlier foreground voxels would be marked.
+
+    Only inlier data may reach this handler: OOD cases are never used for model selection or calibration.
+
+    Args:
+        save_path: where to write the JSON (written atomically at completion).
+        target_fpr: the tolerated fraction of inlier cases flagged.
+        voxel_target_fpr: the tolerated fraction of inlier foreground voxels marked.
+        pred_key: key of the segmentation probabilities (or one-hot) per item, channel first.
+        ood_key: key of the anomaly map per item.
+        score_key: key of the case score per item.
+        max_voxels_per_case: foreground voxels sampled per case for the voxel threshold (a fixed-seed sample).
+    """
+
+    def __init__(
+        self,
+        save_path: str,
+        target_fpr: float = 0.05,
+        voxel_target_fpr: float = 0.005,
+        pred_key: str = "pred",
+        ood_key: str = "ood",
+        score_key: str = "ood_score",
+        max_voxels_per_case: int = 200_000,
+    ) -> None:
+        self.save_path = Path(save_path)
+        self.target_fpr = target_fpr
+        self.voxel_target_fpr = voxel_target_fpr
+        self.pred_key = pred_key
+        self.ood_key = ood_key
+        self.score_key = score_key
+        self.max_voxels_per_case = max_voxels_per_case
+        self.case_scores: list[float] = []
+        self.voxel_scores: list[np.ndarray] = []
+        self.cases_without_foreground = 0
+
+    def attach(self, engine: Engine) -> None:
+        """Register with the engine's events."""
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._save)
+
+    def _reset(self, engine: Engine) -> None:
+        self.case_scores, self.voxel_scores = [], []
+        self.cases_without_foreground = 0
+
+    def _collect(self, engine: Engine) -> None:
+        rng = np.random.default_rng(len(self.case_scores))
+        for item in engine.state.output:
+            for key in (self.pred_key, self.ood_key, self.score_key):
+                if key not in item:
+                    raise KeyError(f"calibration needs '{key}' in the post-processed output (keys: {sorted(item)}).")
+            score = item[self.score_key]
+            self.case_scores.append(float(score.item() if isinstance(score, torch.Tensor) else score))
+            foreground = torch.as_tensor(item[self.pred_key]).argmax(dim=0) > 0
+            anomaly_map = torch.as_tensor(item[self.ood_key])[0].detach().float().cpu()
+            if not bool(foreground.any()):
+                # An untrained model may predict no foreground; fall back to the whole volume for this case.
+                foreground = torch.ones_like(foreground)
+                self.cases_without_foreground += 1
+            anomaly = anomaly_map[foreground.cpu()].numpy()
+            if anomaly.size > self.max_voxels_per_case:
+                anomaly = rng.choice(anomaly, self.max_voxels_per_case, replace=False)
+            self.voxel_scores.append(anomaly)
+
+    def _save(self, engine: Engine) -> None:
+        if not self.case_scores:
+            raise RuntimeError("OOD calibration saw no validation case; check the validation list of the dataset.")
+        voxels = np.concatenate(self.voxel_scores)
+        if self.cases_without_foreground:
+            logger.warning(
+                "%d of %d validation case(s) had no predicted foreground: their whole volume was used for the voxel "
+                "threshold. The model may need more training.",
+                self.cases_without_foreground,
+                len(self.case_scores),
+            )
+        calibration = {
+            "threshold": calibrate_threshold(self.case_scores, self.target_fpr),
+            "voxel_threshold": calibrate_threshold(voxels, self.voxel_target_fpr),
+            "target_fpr": self.target_fpr,
+            "voxel_target_fpr": self.voxel_target_fpr,
+            "num_cases": len(self.case_scores),
+            "num_voxels": int(voxels.size),
+            "cases_without_foreground": self.cases_without_foreground,
+            "case_scores": sorted(self.case_scores),
+        }
+        save_calibration(self.save_path, calibration)
+        logger.info(
+            "OOD calibration on %d inlier validation case(s): case threshold %.4f, voxel threshold %.4f -> %s",
+            len(self.case_scores),
+            calibration["threshold"],
+            calibration["voxel_threshold"],
+            self.save_path,
+        )

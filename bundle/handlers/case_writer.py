@@ -1,0 +1,88 @@
+"""Writes the case-level OOD table ``ood_cases.csv`` of the inference output contract."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from pathlib import Path
+
+import torch
+from monai.utils import min_version, optional_import
+
+from bundle.handlers.io import atomic_write_text, case_name
+from bundle.ood.calibration import load_calibration
+
+Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+
+__all__ = ["OODCaseWriter"]
+
+logger = logging.getLogger(__name__)
+
+
+class OODCaseWriter:
+    """Collect each case's OOD score and write ``case,score,flag`` rows when the run completes.
+
+    The flag is ``score > threshold``, the case threshold calibrated on inlier validation data and stored next to
+    the model (``ood_calibration.json``). Without a calibration file the flag column is left empty and a warning
+    says so. The CSV is written in one step at the end, so an interrupted run leaves no partial table.
+
+    Args:
+        output_dir: folder of the CSV.
+        calibration_path: the calibration JSON written after training; ignored when ``threshold`` is given.
+        score_key: key of the case score in each post-processed item.
+        filename: name of the CSV.
+        threshold: explicit case threshold overriding the calibration file.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        calibration_path: str | None = None,
+        score_key: str = "ood_score",
+        filename: str = "ood_cases.csv",
+        threshold: float | None = None,
+    ) -> None:
+        self.path = Path(output_dir) / filename
+        self.calibration_path = calibration_path
+        self.score_key = score_key
+        self.threshold = threshold
+        self.rows: list[tuple[str, float]] = []
+
+    def attach(self, engine: Engine) -> None:
+        """Register with the engine's iteration and completion events."""
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _started(self, engine: Engine) -> None:
+        self.rows = []
+        if self.threshold is None and self.calibration_path is not None:
+            if Path(self.calibration_path).is_file():
+                self.threshold = float(load_calibration(self.calibration_path)["threshold"])
+            else:
+                logger.warning(
+                    "no OOD calibration at %s: ood_cases.csv will have an empty flag column.", self.calibration_path
+                )
+
+    def _collect(self, engine: Engine) -> None:
+        batch = engine.state.batch if isinstance(engine.state.batch, list) else [None] * len(engine.state.output)
+        for item, batch_item in zip(engine.state.output, batch, strict=True):
+            if self.score_key not in item:
+                raise KeyError(f"post-processing did not produce '{self.score_key}' (keys: {sorted(item)}).")
+            score = item[self.score_key]
+            score = float(score.item() if isinstance(score, torch.Tensor) else score)
+            self.rows.append((case_name(item, batch_item), score))
+
+    def _write(self, engine: Engine) -> None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["case", "score", "flag"])
+        for name, score in sorted(self.rows):
+            flag = "" if self.threshold is None or math.isnan(score) else int(score > self.threshold)
+            writer.writerow([name, f"{score:.6f}", flag])
+        atomic_write_text(self.path, buffer.getvalue())
+        flagged = sum(1 for _, s in self.rows if self.threshold is not None and s > self.threshold)
+        logger.info("wrote %s: %d case(s), %d flagged as OOD.", self.path, len(self.rows), flagged)

@@ -1,0 +1,208 @@
+"""Evaluation of inlier segmentation and OOD localisation/detection (DESIGN section 4) as an ignite handler."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.metrics import compute_dice
+from monai.networks.utils import one_hot
+from monai.utils import min_version, optional_import
+
+from bundle.handlers.io import atomic_write_text, case_name
+from bundle.metrics.ood import case_auroc, pixel_ood_metrics, roi_mask
+from bundle.ood.case_score import case_ood_score
+from bundle.ood.scores import ood_score
+
+Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+
+__all__ = ["BASELINE_METHODS", "OODEvaluationHandler", "format_metrics_table"]
+
+logger = logging.getLogger(__name__)
+
+BASELINE_METHODS = ("msp", "max_logit", "energy", "entropy", "rba")
+
+PROTOCOL = {
+    "dice": "per class on inlier test cases (ground truth and prediction on the model grid), averaged over cases; "
+    "a case whose ground truth lacks the class is left out of that class's mean",
+    "pixel_ood": "voxels pooled over all evaluated cases (test + test_ood) inside the ROI = ground-truth organ and "
+    "lesions (inlier and OOD) dilated by roi_margin_voxels; positives are OOD-lesion voxels; AUROC and AUPR "
+    "(average precision, OOD positive) from scikit-learn, ties count half in AUROC; FPR95 = false-positive rate at "
+    "the first threshold reaching 95% true-positive rate",
+    "case_ood": "case score = mean of the top top_k_fraction voxel scores inside the predicted foreground "
+    "(organ + tumours); AUROC of test_ood cases (positive) against test cases",
+}
+
+
+class OODEvaluationHandler:
+    """Accumulate per-case results during an evaluator run; write ``metrics.json`` and ``per_case.csv`` at the end.
+
+    Each post-processed item must hold the class output under ``pred_key`` (channel first, probabilities or logits),
+    the ground truth under ``label_key`` and, for the mask transformer, the MaxQuery map under ``anomaly_key``.
+    Whether a case belongs to ``test_ood`` is read from ``case_group_key`` in the batch (falls back to "its label
+    holds an OOD value").
+
+    Args:
+        output_dir: where ``metrics.json`` and ``per_case.csv`` go.
+        class_names: inlier class id -> name, background included.
+        ood_labels: label values that mark OOD lesions.
+        roi_margin_voxels: dilation of the ground-truth foreground defining the ROI.
+        top_k_fraction: fraction of foreground voxels averaged into a case score.
+        input_type: ``"probabilities"`` (mask transformer Z) or ``"logits"`` (per-voxel head).
+        anomaly_key: key of the MaxQuery map, or ``None`` for models without queries.
+        methods: baseline scores to compute from the class output.
+        pred_key: key of the class output.
+        label_key: key of the label map.
+        case_group_key: batch key with 1 for OOD cases, 0 for inlier cases.
+        metrics_filename: name of the JSON summary.
+        per_case_filename: name of the per-case CSV.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        class_names: Mapping[int | str, str],
+        ood_labels: Sequence[int],
+        roi_margin_voxels: int = 3,
+        top_k_fraction: float = 0.01,
+        input_type: str = "probabilities",
+        anomaly_key: str | None = "ood",
+        methods: Sequence[str] = BASELINE_METHODS,
+        pred_key: str = "pred",
+        label_key: str = "label",
+        case_group_key: str = "ood_case",
+        metrics_filename: str = "metrics.json",
+        per_case_filename: str = "per_case.csv",
+    ) -> None:
+        if input_type not in ("probabilities", "logits"):
+            raise ValueError(f"input_type must be 'probabilities' or 'logits', got '{input_type}'.")
+        self.output_dir = Path(output_dir)
+        self.class_names = {int(k): str(v) for k, v in class_names.items()}
+        self.num_classes = len(self.class_names)
+        self.ood_labels = sorted(int(v) for v in ood_labels)
+        self.roi_margin_voxels = roi_margin_voxels
+        self.top_k_fraction = top_k_fraction
+        self.input_type = input_type
+        self.anomaly_key = anomaly_key
+        self.methods = (["maxquery"] if anomaly_key else []) + list(methods)
+        self.pred_key, self.label_key, self.case_group_key = pred_key, label_key, case_group_key
+        self.metrics_filename, self.per_case_filename = metrics_filename, per_case_filename
+        self._reset()
+
+    def _reset(self, engine: Engine | None = None) -> None:
+        self.cases: list[dict] = []
+        self.roi_scores: dict[str, list[np.ndarray]] = {m: [] for m in self.methods}
+        self.roi_is_ood: list[np.ndarray] = []
+        self.metrics: dict = {}
+
+    def attach(self, engine: Engine) -> None:
+        """Register with the engine's events."""
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._finish)
+
+    def _maps(self, item: Mapping) -> dict[str, torch.Tensor]:
+        pred = torch.as_tensor(item[self.pred_key]).float()
+        maps = {
+            m: ood_score(pred, m, dim=0, input_type=self.input_type, keepdim=False)
+            for m in self.methods
+            if m != "maxquery"
+        }
+        if self.anomaly_key:
+            maps["maxquery"] = torch.as_tensor(item[self.anomaly_key]).float()[0]
+        return maps
+
+    def _collect(self, engine: Engine) -> None:
+        batch = engine.state.batch if isinstance(engine.state.batch, list) else [None] * len(engine.state.output)
+        for item, batch_item in zip(engine.state.output, batch, strict=True):
+            for key in (self.pred_key, self.label_key) + ((self.anomaly_key,) if self.anomaly_key else ()):
+                if key not in item:
+                    raise KeyError(f"evaluation needs '{key}' in the post-processed output (keys: {sorted(item)}).")
+            label = torch.as_tensor(item[self.label_key])[0].long().cpu()
+            pred = torch.as_tensor(item[self.pred_key])
+            pred_label = pred.argmax(dim=0).cpu()
+            is_ood_voxel = torch.isin(label, torch.tensor(self.ood_labels, dtype=label.dtype))
+            group = None if batch_item is None else batch_item.get(self.case_group_key)
+            is_ood_case = bool(is_ood_voxel.any()) if group is None else bool(int(torch.as_tensor(group).item()))
+            record: dict = {"case": case_name(item, batch_item), "group": "test_ood" if is_ood_case else "test"}
+            record["ood_voxels"] = int(is_ood_voxel.sum())
+
+            if not is_ood_case:
+                pred_onehot = one_hot(pred_label[None, None], self.num_classes)
+                label_onehot = one_hot(label[None, None].clamp_max(self.num_classes - 1), self.num_classes)
+                dice = compute_dice(pred_onehot, label_onehot, include_background=False, ignore_empty=True)[0]
+                for class_id, value in zip(range(1, self.num_classes), dice.tolist(), strict=True):
+                    record[f"dice_{self.class_names[class_id]}"] = value
+
+            roi = torch.as_tensor(roi_mask(label.numpy(), self.ood_labels, self.roi_margin_voxels), dtype=torch.bool)
+            foreground = pred_label > 0
+            for method, values in self._maps(item).items():
+                values = values.cpu()
+                self.roi_scores[method].append(values[roi].numpy().astype(np.float32))
+                record[f"score_{method}"] = case_ood_score(values, foreground, top_k_fraction=self.top_k_fraction)
+            self.roi_is_ood.append(is_ood_voxel[roi].numpy())
+            self.cases.append(record)
+
+    def compute(self) -> dict:
+        """The metrics of the cases seen so far."""
+        inlier = [c for c in self.cases if c["group"] == "test"]
+        ood = [c for c in self.cases if c["group"] == "test_ood"]
+        dice = {}
+        for class_id in range(1, self.num_classes):
+            values = [c[f"dice_{self.class_names[class_id]}"] for c in inlier]
+            values = [v for v in values if not math.isnan(v)]
+            dice[self.class_names[class_id]] = float(np.mean(values)) if values else float("nan")
+        is_ood = np.concatenate(self.roi_is_ood) if self.roi_is_ood else np.zeros(0, dtype=bool)
+        pixel, case = {}, {}
+        for method in self.methods:
+            scores = np.concatenate(self.roi_scores[method]) if self.roi_scores[method] else np.zeros(0)
+            pixel[method] = pixel_ood_metrics(scores, is_ood)
+            inlier_scores = [c[f"score_{method}"] for c in inlier]
+            ood_scores = [c[f"score_{method}"] for c in ood]
+            case[method] = {"auroc": case_auroc(inlier_scores, ood_scores) if inlier and ood else float("nan")}
+        return {
+            "dice": dice,
+            "pixel_ood": pixel,
+            "case_ood": case,
+            "num_cases": {"test": len(inlier), "test_ood": len(ood)},
+            "num_roi_voxels": {"total": int(is_ood.size), "ood": int(is_ood.sum())},
+            "settings": {
+                "roi_margin_voxels": self.roi_margin_voxels,
+                "top_k_fraction": self.top_k_fraction,
+                "ood_labels": self.ood_labels,
+                "input_type": self.input_type,
+            },
+            "protocol": PROTOCOL,
+        }
+
+    def _finish(self, engine: Engine) -> None:
+        self.metrics = self.compute()
+        atomic_write_text(self.output_dir / self.metrics_filename, json.dumps(self.metrics, indent=2) + "\n")
+        columns = sorted({k for c in self.cases for k in c} - {"case", "group"})
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["case", "group", *columns], restval="")
+        writer.writeheader()
+        for record in sorted(self.cases, key=lambda c: (c["group"], c["case"])):
+            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in record.items()})
+        atomic_write_text(self.output_dir / self.per_case_filename, buffer.getvalue())
+        logger.info("evaluation written to %s\n%s", self.output_dir, format_metrics_table(self.metrics))
+
+
+def format_metrics_table(metrics: Mapping) -> str:
+    """A plain-text table of Dice per class and the OOD metrics per score."""
+    lines = ["Dice (inlier test cases): " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["dice"].items())]
+    lines.append(f"{'score':<10} {'pixel AUROC':>11} {'AUPR':>7} {'FPR95':>7} {'case AUROC':>11}")
+    for method, values in metrics["pixel_ood"].items():
+        lines.append(
+            f"{method:<10} {values['auroc']:>11.3f} {values['aupr']:>7.3f} {values['fpr95']:>7.3f} "
+            f"{metrics['case_ood'][method]['auroc']:>11.3f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,132 @@
+"""Training criterion of the mask transformer: segmentation loss + QD loss, with deep supervision."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .query_distribution import QueryDistributionLoss
+from .segmentation import ProbabilityDiceCELoss
+
+__all__ = ["MaxQueryCriterion"]
+
+
+class MaxQueryCriterion(nn.Module):
+    """Dice+CE on the segmentation probabilities ``Z`` plus the QD loss on the query assignments ``M``.
+
+    Usable directly as the ``loss_function`` of MONAI's ``SupervisedTrainer``: ``criterion(outputs, label)`` where
+    ``outputs`` is the training-mode dict of :class:`~bundle.networks.MaskTransformer`. Given a plain tensor (the
+    evaluation output ``cat[Z, A]`` or just ``Z``) only the segmentation loss of that tensor is computed.
+
+    For each decoder layer ``j`` present in ``outputs`` (``aux_0 .. aux_{L-2}`` and the final one) the loss is
+    ``seg_weight * DiceCE(Z_j) + qd_weight * QD(M_j)``; layers are combined with normalised weights
+    (``sum_j w_j loss_j / sum_j w_j`` over the layers present), so the scale does not depend on ``L``.
+
+    Args:
+        num_classes: number ``K`` of inlier classes.
+        query_groups: ``[[n_queries, [classes]], ...]`` for the QD loss (see
+            :func:`~bundle.losses.query_distribution.parse_query_groups`); ``None`` disables it.
+        seg_weight: weight of the segmentation loss.
+        qd_weight: weight of the QD loss; 0 disables it (ablation "without QD loss").
+        deep_supervision_weights: ``"auto"``: ``0.5 ** (L - 1 - j)`` for layer ``j`` (the last layer weighs most);
+            ``None``: the final output only; a list: one weight per decoder layer, in layer order
+            (``aux_0, ..., aux_{L-2}, final``). Outputs without ``aux_*`` entries (a network built with
+            ``deep_supervision=False``) always use the final output alone.
+        num_queries: optional number of queries, to validate ``query_groups`` early.
+        batch_dice: batch Dice (nnU-Net style) in both terms.
+        include_background: include the background channel in the segmentation Dice.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        query_groups: Sequence[Sequence] | None = None,
+        seg_weight: float = 1.0,
+        qd_weight: float = 1.0,
+        deep_supervision_weights: str | Sequence[float] | None = "auto",
+        num_queries: int | None = None,
+        batch_dice: bool = True,
+        include_background: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(deep_supervision_weights, str) and deep_supervision_weights != "auto":
+            raise ValueError(
+                f"deep_supervision_weights must be 'auto', None or a list, got {deep_supervision_weights!r}."
+            )
+        if deep_supervision_weights is not None and not isinstance(deep_supervision_weights, str):
+            deep_supervision_weights = [float(w) for w in deep_supervision_weights]
+            if any(w < 0 for w in deep_supervision_weights) or sum(deep_supervision_weights) <= 0:
+                raise ValueError("deep_supervision_weights must be non-negative with a positive sum.")
+        self.num_classes = num_classes
+        self.seg_weight = seg_weight
+        self.qd_weight = qd_weight
+        self.deep_supervision_weights = deep_supervision_weights
+        self.seg_loss = ProbabilityDiceCELoss(batch=batch_dice, include_background=include_background)
+        self.qd_loss = (
+            QueryDistributionLoss(query_groups, num_queries=num_queries, num_classes=num_classes, batch=batch_dice)
+            if query_groups is not None and qd_weight > 0
+            else None
+        )
+
+    def layer_weights(self, num_layers: int) -> list[float]:
+        """Un-normalised weight of each decoder layer (layer order, final last) for ``num_layers`` layers."""
+        w = self.deep_supervision_weights
+        if w is None:
+            return [0.0] * (num_layers - 1) + [1.0]
+        if isinstance(w, str):
+            return [0.5 ** (num_layers - 1 - j) for j in range(num_layers)]
+        if num_layers == 1:  # a network without deep supervision: only the final output exists
+            return [1.0]
+        if len(w) != num_layers:
+            raise ValueError(f"deep_supervision_weights has {len(w)} entries but the outputs have {num_layers} layers.")
+        return list(w)
+
+    def _layer_loss(
+        self,
+        pred: torch.Tensor,
+        query_probs: torch.Tensor | None,
+        target: torch.Tensor,
+        group_target: torch.Tensor | None,
+    ) -> torch.Tensor:
+        loss = self.seg_weight * self.seg_loss.loss_flat(pred, target)
+        if self.qd_loss is not None and group_target is not None:
+            if query_probs is None:
+                raise KeyError("the QD loss needs the query assignments ('query_probs') in the network outputs.")
+            loss = loss + self.qd_weight * self.qd_loss.loss_flat(query_probs, group_target)
+        return loss
+
+    def forward(self, outputs: Mapping[str, torch.Tensor] | torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """Total loss (scalar tensor).
+
+        Args:
+            outputs: training-mode network output (dict), or a tensor whose first ``num_classes`` channels are ``Z``.
+            label: class index map ``(B, 1, *spatial)``.
+        """
+        if isinstance(outputs, torch.Tensor):
+            return self.seg_weight * self.seg_loss(outputs[:, : self.num_classes], label)
+        if "pred" not in outputs:
+            raise KeyError(f"network outputs must contain 'pred'; got keys {sorted(outputs)}.")
+        pred = outputs["pred"]
+        if pred.shape[1] != self.num_classes:
+            raise ValueError(f"'pred' has {pred.shape[1]} channels but the criterion expects {self.num_classes}.")
+        if label.shape[0] != pred.shape[0] or label.shape[2:] != pred.shape[2:]:
+            raise ValueError(f"label shape {tuple(label.shape)} does not match 'pred' {tuple(pred.shape)}.")
+        target = self.seg_loss.flat_target(label, self.num_classes)
+        group_target = None if self.qd_loss is None else self.qd_loss.class_to_group.to(target.device)[target]
+        num_aux = 0
+        while f"aux_{num_aux}_pred" in outputs:
+            num_aux += 1
+        weights = self.layer_weights(num_aux + 1)
+        layers = [(f"aux_{i}_pred", f"aux_{i}_query_probs") for i in range(num_aux)] + [("pred", "query_probs")]
+        total, norm = None, 0.0
+        for (pred_key, probs_key), w in zip(layers, weights, strict=True):
+            if w == 0:
+                continue
+            loss = w * self._layer_loss(outputs[pred_key], outputs.get(probs_key), target, group_target)
+            total = loss if total is None else total + loss
+            norm += w
+        if total is None:
+            raise ValueError("all deep-supervision weights of the layers present are zero.")
+        return total / norm

@@ -1,0 +1,194 @@
+"""Mask transformer for 3D CT segmentation with MaxQuery out-of-distribution localisation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .backbone import DynUNetBackbone
+from .heads import MaskClassificationHead, to_channel_first
+from .transformer_decoder import QueryTransformerDecoder
+
+__all__ = ["MaskTransformer", "split_prediction"]
+
+
+def split_prediction(prediction: torch.Tensor, num_classes: int, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split the evaluation output ``cat[Z, A]`` of :class:`MaskTransformer`.
+
+    Args:
+        prediction: ``(B, K+1, *spatial)`` (or channel-first ``(K+1, *spatial)`` with ``dim=0``).
+        num_classes: number ``K`` of inlier classes.
+        dim: channel dimension.
+
+    Returns:
+        ``(Z, A)``: segmentation probabilities (K channels) and the MaxQuery anomaly map (1 channel).
+    """
+    if prediction.shape[dim] != num_classes + 1:
+        raise ValueError(
+            f"expected {num_classes + 1} channels (K={num_classes} class probabilities + 1 anomaly map) along dim "
+            f"{dim}, got shape {tuple(prediction.shape)}."
+        )
+    return prediction.narrow(dim, 0, num_classes), prediction.narrow(dim, num_classes, 1)
+
+
+class MaskTransformer(nn.Module):
+    """nnU-Net backbone + query transformer decoder + mask-classification heads (segmentation as soft clustering).
+
+    ``N`` learnable queries are refined by a transformer decoder that cross-attends, round robin, to the
+    ``num_feature_levels`` coarsest decoder scales of a :class:`DynUNetBackbone`; each query yields a cluster centre
+    and class logits. A full-resolution per-voxel embedding ``P`` is assigned softly to the centres
+    (``M = softmax_N(R)``, ``R = C P^T / temperature``) and ``Z = S^T M`` gives per-class probabilities.
+    ``A = -max_n R`` is the MaxQuery anomaly map (higher = further from every inlier cluster centre).
+
+    Output (like ``DynUNet``, it depends on ``self.training``):
+
+    - eval: one tensor ``(B, K+1, *spatial)`` = ``cat[Z, A]`` (use :func:`split_prediction`), so that
+      ``SlidingWindowInferer``, ``torch.jit.trace`` and bundle export work unchanged;
+    - train: a dict with ``"pred"`` Z ``(B, K, ...)``, ``"ood"`` A ``(B, 1, ...)``, ``"query_probs"`` M
+      ``(B, N, ...)`` of the last layer and, with ``deep_supervision``, ``"aux_{i}_pred"`` and
+      ``"aux_{i}_query_probs"`` of decoder layers ``i = 0 .. L-2``. ``"ood"`` is detached (it is not a training
+      target), so the affinities need not be kept for the backward pass.
+
+    All outputs are float32, also under autocast. The training-mode tensors are views with channels-last strides
+    (the head works voxel-major, see :class:`MaskClassificationHead`); the evaluation tensor is contiguous.
+
+    Args:
+        spatial_dims: number of spatial dimensions.
+        in_channels: number of input channels.
+        num_classes: number ``K`` of inlier classes, background included.
+        kernel_size: DynUNet kernel size per level.
+        strides: DynUNet stride per level; input sizes must be divisible by their product.
+        filters: DynUNet channels per level.
+        upsample_kernel_size: DynUNet transposed-convolution kernels; ``strides[1:]`` by default.
+        num_queries: number of queries ``N``.
+        embed_dim: width ``D`` of the transformer, the centres and the voxel embedding.
+        num_layers: decoder layers ``L``.
+        num_heads: attention heads.
+        ffn_dim: decoder FFN width (``4 * embed_dim`` by default).
+        dropout: dropout of the decoder (the backbone uses none).
+        num_feature_levels: how many decoder scales (coarsest first) the queries attend to.
+        pre_norm: pre-norm decoder layers.
+        normalize_embeddings: L2-normalise centres and voxel embeddings (cosine affinities).
+        temperature: affinity temperature; ``None`` = learnable (see :class:`MaskClassificationHead`).
+        deep_supervision: return the predictions of every decoder layer in training mode.
+        norm_name: backbone normalisation.
+        act_name: backbone activation.
+        res_block: residual backbone blocks.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        num_classes: int = 4,
+        kernel_size: Sequence[Sequence[int] | int] = (3, 3, 3, 3, 3),
+        strides: Sequence[Sequence[int] | int] = (1, 2, 2, 2, 2),
+        filters: Sequence[int] | None = (32, 64, 128, 256, 320),
+        upsample_kernel_size: Sequence[Sequence[int] | int] | None = None,
+        num_queries: int = 16,
+        embed_dim: int = 64,
+        num_layers: int = 6,
+        num_heads: int = 4,
+        ffn_dim: int | None = None,
+        dropout: float = 0.0,
+        num_feature_levels: int = 3,
+        pre_norm: bool = False,
+        normalize_embeddings: bool = True,
+        temperature: float | None = None,
+        deep_supervision: bool = True,
+        norm_name: tuple | str = ("INSTANCE", {"affine": True}),
+        act_name: tuple | str = ("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
+        res_block: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone = DynUNetBackbone(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            embed_dim=embed_dim,
+            kernel_size=kernel_size,
+            strides=strides,
+            upsample_kernel_size=upsample_kernel_size,
+            filters=filters,
+            norm_name=norm_name,
+            act_name=act_name,
+            res_block=res_block,
+        )
+        channels = self.backbone.feature_channels
+        if not 1 <= num_feature_levels <= len(channels):
+            raise ValueError(f"num_feature_levels must be in [1, {len(channels)}], got {num_feature_levels}.")
+        self.decoder = QueryTransformerDecoder(
+            feature_channels=channels[:num_feature_levels],
+            embed_dim=embed_dim,
+            num_queries=num_queries,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            ffn_dim=ffn_dim,
+            dropout=dropout,
+            pre_norm=pre_norm,
+            spatial_dims=spatial_dims,
+        )
+        self.head = MaskClassificationHead(embed_dim, num_classes, normalize_embeddings, temperature)
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.num_layers = num_layers
+        self.num_feature_levels = num_feature_levels
+        self.deep_supervision = deep_supervision
+
+    def _decode(self, x: torch.Tensor, all_layers: bool) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        features, embedding = self.backbone(x)
+        queries = self.decoder(features[: self.num_feature_levels])
+        pixels = self.head.embed_pixels(embedding)
+        used = torch.stack(queries if all_layers else queries[-1:], dim=1)  # (B, L', N, D)
+        affinity, logits = self.head(used, pixels)
+        return affinity, logits, tuple(embedding.shape[2:])
+
+    def forward_all(self, x: torch.Tensor, all_layers: bool = False) -> list[dict[str, torch.Tensor]]:
+        """Every intermediate quantity, for analysis: one dict per decoded layer (last layer last).
+
+        Args:
+            x: input ``(B, C, *spatial)``.
+            all_layers: decode every layer (else only the last).
+
+        Returns:
+            dicts of channel-first tensors: ``"affinity"`` R ``(B, N, ...)``, ``"class_logits"`` ``(B, N, K)``,
+            ``"query_probs"`` M ``(B, N, ...)``, ``"pred"`` Z ``(B, K, ...)`` and ``"ood"`` A ``(B, 1, ...)``.
+        """
+        affinity, logits, spatial = self._decode(x, all_layers)
+        query_probs, seg = self.head.assign(affinity, logits)
+        results = []
+        for i in range(affinity.shape[2]):
+            results.append(
+                {
+                    "affinity": to_channel_first(affinity[:, :, i], spatial),
+                    "class_logits": logits[:, i],
+                    "query_probs": to_channel_first(query_probs[:, :, i], spatial),
+                    "pred": to_channel_first(seg[:, :, i], spatial),
+                    "ood": to_channel_first(self.head.anomaly(affinity[:, :, i]), spatial),
+                }
+            )
+        return results
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Run the network; see the class docstring for the output in train and eval mode."""
+        all_layers = self.training and self.deep_supervision
+        affinity, logits, spatial = self._decode(x, all_layers)
+        # A is not a training target: detached, so the affinities need not be kept alive for the backward pass
+        anomaly = self.head.anomaly(affinity[:, :, -1].detach())  # (B, V, 1)
+        query_probs, seg = self.head.assign(affinity, logits)  # (B, V, L', N), (B, V, L', K)
+        del affinity
+        if not self.training:
+            out = torch.cat([seg[:, :, -1], anomaly], dim=-1).transpose(1, 2)
+            return out.reshape(x.shape[0], -1, *spatial).contiguous()
+        # unbind (not indexing): its backward stacks the per-layer gradients in one pass
+        seg_layers, prob_layers = seg.unbind(2), query_probs.unbind(2)
+        out = {
+            "pred": to_channel_first(seg_layers[-1], spatial),
+            "ood": to_channel_first(anomaly, spatial),
+            "query_probs": to_channel_first(prob_layers[-1], spatial),
+        }
+        for i in range(len(seg_layers) - 1):
+            out[f"aux_{i}_pred"] = to_channel_first(seg_layers[i], spatial)
+            out[f"aux_{i}_query_probs"] = to_channel_first(prob_layers[i], spatial)
+        return out

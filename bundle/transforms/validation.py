@@ -1,0 +1,102 @@
+"""Input checks that stop a run early with a message naming the file, the key and the problem."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+__all__ = ["InvalidVolumeError", "ValidateVolumed", "source_name"]
+
+
+class InvalidVolumeError(ValueError):
+    """An image or label that the bundle cannot use; the message names the file and the problem."""
+
+
+def source_name(data: Mapping[Hashable, object], key: Hashable) -> str:
+    """The file an item was loaded from, for error messages (falls back to the key)."""
+    value = data.get(key)
+    if isinstance(value, MetaTensor):
+        name = value.meta.get("filename_or_obj")
+        if name:
+            return str(name)
+    meta = data.get(f"{key}_meta_dict")
+    if isinstance(meta, Mapping) and meta.get("filename_or_obj"):
+        return str(meta["filename_or_obj"])
+    return f"<{key}>"
+
+
+class ValidateVolumed(MapTransform):
+    """Check channel-first volumes right after loading, before anything is written or cached.
+
+    Checks that each image key holds a single-channel 3D volume with finite values, that each label key holds
+    integer values from ``allowed_labels`` only, and that labels share the image's spatial shape.
+
+    Args:
+        keys: the image keys to check.
+        label_keys: the label keys to check (may be empty, e.g. for inference).
+        allowed_labels: label values a label map may contain; ``None`` skips the value check.
+        spatial_dims: expected number of spatial dimensions.
+        allow_missing_keys: skip keys that are absent.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_keys: KeysCollection = (),
+        allowed_labels: Sequence[int] | None = None,
+        spatial_dims: int = 3,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.label_keys = [label_keys] if isinstance(label_keys, str) else list(label_keys)
+        self.allowed_labels = None if allowed_labels is None else sorted({int(v) for v in allowed_labels})
+        self.spatial_dims = spatial_dims
+
+    def _check_shape(self, data: Mapping[Hashable, object], key: Hashable) -> tuple[int, ...]:
+        array = data[key]
+        shape = tuple(array.shape)
+        if len(shape) != self.spatial_dims + 1 or shape[0] != 1:
+            raise InvalidVolumeError(
+                f"{source_name(data, key)}: '{key}' must be a single-channel {self.spatial_dims}D volume, "
+                f"got an array of shape {shape[1:] if len(shape) > 1 else shape} with {shape[0]} channel(s)."
+            )
+        if min(shape[1:]) < 2:
+            raise InvalidVolumeError(
+                f"{source_name(data, key)}: '{key}' is not a volume: spatial shape {shape[1:]} has a dimension < 2."
+            )
+        return shape[1:]
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        image_shape: tuple[int, ...] | None = None
+        for key in self.key_iterator(d):
+            image_shape = self._check_shape(d, key)
+            values = torch.as_tensor(d[key])
+            if not bool(torch.isfinite(values).all()):
+                raise InvalidVolumeError(f"{source_name(d, key)}: '{key}' contains NaN or infinite values.")
+        for key in self.label_keys:
+            if key not in d:
+                if self.allow_missing_keys:
+                    continue
+                raise KeyError(f"label key '{key}' is missing from the data item (keys: {sorted(map(str, d))}).")
+            label_shape = self._check_shape(d, key)
+            if image_shape is not None and label_shape != image_shape:
+                raise InvalidVolumeError(
+                    f"{source_name(d, key)}: label shape {label_shape} does not match the image shape {image_shape}."
+                )
+            values = np.unique(np.asarray(torch.as_tensor(d[key]).detach().cpu()))
+            if not np.all(np.equal(np.mod(values, 1), 0)):
+                raise InvalidVolumeError(f"{source_name(d, key)}: label '{key}' holds non-integer values.")
+            if self.allowed_labels is not None:
+                unexpected = sorted(set(values.astype(int).tolist()) - set(self.allowed_labels))
+                if unexpected:
+                    raise InvalidVolumeError(
+                        f"{source_name(d, key)}: label '{key}' holds values {unexpected} outside the dataset's "
+                        f"labels {self.allowed_labels}."
+                    )
+        return d

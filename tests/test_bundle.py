@@ -1,0 +1,246 @@
+"""The bundle through `monai.bundle`: train, calibrate, infer, evaluate, export, package, multi-process training.
+
+One tiny phantom dataset and one short training run are shared by the module; the network is shrunk by config
+overrides, exactly as a user would override the configs from the command line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from bundle.data.phantom import generate_dataset
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "patch_size": "[32,32,16]",
+    "pixdim": "[5.0,5.0,10.0]",
+    "network_def#filters": "[8,16,16,16]",
+    "network_def#embed_dim": "16",
+    "network_def#num_layers": "2",
+    "network_def#num_heads": "2",
+    "num_workers": "0",
+}
+
+
+def _cli(args: dict) -> list[str]:
+    out = []
+    for key, value in args.items():
+        out += [f"--{key}", str(value)]
+    return out
+
+
+def bundle_run(configs: list[str], cwd: Path = REPO, meta: str = "metadata.json", **overrides) -> str:
+    """Run `python -m monai.bundle run` and return its output; fail the test with the output on error."""
+    config_arg = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--meta_file", meta, "--config_file", config_arg]
+    cmd += ["--logging_file", "configs/logging.conf"] + _cli(overrides)
+    env = dict(os.environ, PYTHONPATH=str(cwd), CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("phantom") / "tiny"
+    generate_dataset(out, seed=3, num_train=4, num_val=2, num_test=2, num_ood=2, shape=(48, 48, 16))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory) -> Path:
+    """A checkpoint and calibration from one epoch of `configs/train.json` (validation every epoch)."""
+    run_dir = tmp_path_factory.mktemp("run")
+    log = bundle_run(
+        ["configs/train.json"],
+        dataset_dir=dataset,
+        ckpt_dir=run_dir / "models",
+        output_dir=run_dir / "eval",
+        val_interval=1,
+        **{"train#trainer#max_epochs": 1},
+        **TINY,
+    )
+    assert "Epoch[1] Complete" in log or "Epoch[1]" in log
+    return run_dir
+
+
+def test_train_writes_checkpoint_and_calibration(trained):
+    assert (trained / "models" / "model.pt").is_file()
+    calibration = json.loads((trained / "models" / "ood_calibration.json").read_text())
+    assert calibration["num_cases"] == 2
+    assert np.isfinite(calibration["threshold"]) and np.isfinite(calibration["voxel_threshold"])
+    assert list(trained.joinpath("eval").glob("events.out.tfevents*")), "TensorBoard log missing"
+
+
+def test_inference_writes_the_output_contract(trained, dataset, tmp_path):
+    out = tmp_path / "pred"
+    bundle_run(["configs/inference.json"], dataset_dir=dataset, ckpt_dir=trained / "models", output_dir=out, **TINY)
+    images = sorted((dataset / "imagesTs").glob("*.nii.gz"))
+    rows = list(csv.DictReader((out / "ood_cases.csv").open()))
+    assert [r["case"] for r in rows] == [p.name[: -len(".nii.gz")] for p in images]
+    threshold = json.loads((trained / "models" / "ood_calibration.json").read_text())["threshold"]
+    for row in rows:
+        assert int(row["flag"]) == int(float(row["score"]) > threshold)
+    for image_path in images:
+        name = image_path.name[: -len(".nii.gz")]
+        image = nib.load(image_path)
+        seg, ood = nib.load(out / f"{name}_seg.nii.gz"), nib.load(out / f"{name}_ood.nii.gz")
+        for result in (seg, ood):
+            assert result.shape == image.shape
+            np.testing.assert_allclose(result.affine, image.affine, atol=1e-4)
+        assert seg.get_data_dtype() == np.uint8 and set(np.unique(seg.get_fdata())) <= {0, 1, 2, 3}
+        assert ood.get_data_dtype() == np.float32 and np.isfinite(ood.get_fdata()).all()
+
+
+def test_evaluate_writes_metrics(trained, dataset, tmp_path):
+    out = tmp_path / "evaluation"
+    bundle_run(
+        ["configs/train.json", "configs/evaluate.json"],
+        dataset_dir=dataset,
+        ckpt_dir=trained / "models",
+        output_dir=out,
+        **TINY,
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_cases"] == {"test": 2, "test_ood": 2}
+    assert set(metrics["pixel_ood"]) >= {"maxquery", "msp", "max_logit", "energy", "entropy"}
+    for values in metrics["pixel_ood"].values():
+        assert 0.0 <= values["auroc"] <= 1.0 and 0.0 <= values["aupr"] <= 1.0
+    rows = list(csv.DictReader((out / "per_case.csv").open()))
+    assert sorted(r["group"] for r in rows) == ["test", "test", "test_ood", "test_ood"]
+
+
+def test_workflow_properties_and_network_io(trained, dataset):
+    from monai.bundle import ConfigWorkflow
+
+    for config, kind in (("configs/train.json", "train"), ("configs/inference.json", "infer")):
+        workflow = ConfigWorkflow(
+            config_file=str(REPO / config),
+            meta_file=str(REPO / "metadata.json"),
+            workflow_type=kind,
+            dataset_dir=str(dataset),
+            ckpt_dir=str(trained / "models"),
+            output_dir=str(trained / "properties"),
+        )
+        workflow.initialize()
+        assert not workflow.check_properties(), f"{config}: missing properties {workflow.check_properties()}"
+    cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", "metadata.json"]
+    cmd += ["--config_file", "configs/inference.json", "--n", "4"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "verified" in proc.stdout + proc.stderr, proc.stderr[-3000:]
+
+
+def test_exported_torchscript_matches_the_checkpoint(trained, tmp_path):
+    exported = tmp_path / "model.ts"
+    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(exported)]
+    cmd += ["--ckpt_file", str(trained / "models" / "model.pt"), "--meta_file", "metadata.json"]
+    cmd += ["--config_file", "configs/inference.json", "--use_trace", "True", "--input_shape", "[1,1,32,32,16]"]
+    cmd += _cli(TINY)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scripted = torch.jit.load(str(exported))
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "inference.json"))
+    for key, value in TINY.items():
+        parser[key] = json.loads(value)
+    network = parser.get_parsed_content("network_def").eval()
+    network.load_state_dict(torch.load(trained / "models" / "model.pt", map_location="cpu"))
+    x = torch.rand(1, 1, 32, 32, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), network(x), atol=1e-4, rtol=1e-4)
+
+
+def test_bad_inputs_stop_with_a_named_problem(trained, dataset, tmp_path):
+    missing = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--meta_file", "metadata.json"]
+        + ["--config_file", "configs/inference.json", "--dataset_dir", str(dataset)]
+        + ["--ckpt_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "out")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert missing.returncode != 0 and "model checkpoint not found" in missing.stderr
+    assert not (tmp_path / "out" / "ood_cases.csv").exists()
+
+    bad = tmp_path / "bad"
+    (bad / "imagesTs").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.zeros((16, 16), np.int16), np.eye(4)), bad / "imagesTs" / "flat.nii.gz")
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--meta_file", "metadata.json"]
+        + ["--config_file", "configs/inference.json", "--dataset_dir", str(bad)]
+        + ["--ckpt_dir", str(trained / "models"), "--output_dir", str(tmp_path / "out2")]
+        + _cli(TINY),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0 and "flat.nii.gz" in proc.stderr and "3D" in proc.stderr
+
+
+def test_two_process_gloo_training(dataset, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
+    cmd += ["-m", "monai.bundle", "run", "--meta_file", "metadata.json"]
+    cmd += ["--config_file", "['configs/train.json','configs/multi_gpu_train.json']"]
+    cmd += ["--logging_file", "configs/logging.conf"]
+    cmd += _cli(
+        {
+            "dataset_dir": dataset,
+            "ckpt_dir": tmp_path / "models",
+            "output_dir": tmp_path / "eval",
+            "train#trainer#max_epochs": 1,
+            "val_interval": 1,
+            **TINY,
+        }
+    )
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert (tmp_path / "models" / "ood_calibration.json").is_file()
+
+
+def test_packaged_bundle_runs_inference_on_its_own(trained, dataset, tmp_path):
+    from bundle.scripts.package import package_bundle
+
+    folder, archive = package_bundle(REPO, tmp_path / "dist", ckpt_dir=trained / "models")
+    assert archive.is_file() and (folder / "configs" / "metadata.json").is_file()
+    assert (folder / "bundle" / "networks").is_dir() and (folder / "docs" / "README.md").is_file()
+    out = tmp_path / "packaged_out"
+    bundle_run(
+        ["configs/inference.json"],
+        cwd=folder,
+        meta="configs/metadata.json",
+        dataset_dir=dataset,
+        output_dir=out,
+        **TINY,
+    )
+    assert len(list(out.glob("*_seg.nii.gz"))) == len(list((dataset / "imagesTs").glob("*.nii.gz")))
+
+
+def test_pipeline_trains_evaluates_and_prints_the_table(dataset, tmp_path, capsys):
+    from bundle.scripts.pipeline import main
+
+    tiny = [token for key, value in TINY.items() for token in (f"--{key}", value)]
+    argv = ["--bundle_root", str(REPO), "--dataset_dir", str(dataset), "--max_epochs", "1"]
+    argv += ["--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"), "--val_interval", "1"]
+    assert main(argv + tiny) == 0
+    printed = capsys.readouterr().out
+    assert "pixel AUROC" in printed and "maxquery" in printed and "Dice (inlier test cases)" in printed
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_cases"]["test_ood"] == 2

@@ -1,0 +1,534 @@
+"""The MONAI Label app (apps/maxquery) through MONAI Label's FastAPI app, in-process.
+
+The app is built from the repository's bundle configs with a tiny network (``bundle_overrides``) and a randomly
+initialised checkpoint written by the fixtures, so no shipped model is needed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+APP_DIR = REPO_ROOT / "apps" / "maxquery"
+
+# A small network and patch so that CPU inference takes well under a second on the test volumes.
+TINY_BUNDLE_OVERRIDES = {
+    "patch_size": [32, 32, 16],
+    "network_def#filters": [8, 8, 16, 16],
+    "network_def#embed_dim": 16,
+    "network_def#num_layers": 2,
+    "network_def#num_heads": 2,
+}
+IMAGE_SHAPE = (40, 36, 14)
+SPACING_MM = (2.0, 2.0, 3.0)
+ORIGIN_MM = (-40.0, -30.0, 12.0)
+OOD_LABEL_VALUE = 9
+
+
+def volume_affine(spacing: tuple[float, ...] = SPACING_MM, origin: tuple[float, ...] = ORIGIN_MM) -> np.ndarray:
+    """A real voxel-to-world affine (mm), with an axis flip like many CT exports."""
+    affine = np.diag([-spacing[0], spacing[1], spacing[2], 1.0])
+    affine[:3, 3] = origin
+    return affine
+
+
+def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    """Write ``array`` as NIfTI with ``affine`` (default: :func:`volume_affine`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, volume_affine() if affine is None else affine), str(path))
+    return path
+
+
+def synthetic_case(seed: int, shape: tuple[int, int, int] = IMAGE_SHAPE) -> tuple[np.ndarray, np.ndarray]:
+    """A CT-like int16 volume (HU) with an organ ellipsoid and a lesion, and its label map (0 bg, 1 organ, 2 lesion)."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    centre = rng.uniform(-0.15, 0.15, size=3)[:, None, None, None]
+    organ = (((grid - centre) / np.array([0.55, 0.45, 0.7])[:, None, None, None]) ** 2).sum(0) < 1
+    lesion = (((grid - centre) / 0.2) ** 2).sum(0) < 1
+    image = rng.normal(-80, 20, size=shape)
+    image[organ] = rng.normal(45, 10, size=int(organ.sum()))
+    image[lesion] = rng.normal(5, 10, size=int(lesion.sum()))
+    label = np.zeros(shape, dtype=np.uint8)
+    label[organ] = 1
+    label[lesion] = 2
+    return image.astype(np.int16), label
+
+
+def make_studies(folder: Path, image_ids: list[str], labelled_ids: tuple[str, ...] = ()) -> Path:
+    """A MONAI Label studies folder with synthetic images and final labels for ``labelled_ids``."""
+    for seed, image_id in enumerate(image_ids):
+        image, label = synthetic_case(seed)
+        write_nifti(folder / f"{image_id}.nii.gz", image)
+        if image_id in labelled_ids:
+            write_nifti(folder / "labels" / "final" / f"{image_id}.nii.gz", label)
+    return folder
+
+
+def tiny_network() -> torch.nn.Module:
+    """The inference config's ``network_def`` with :data:`TINY_BUNDLE_OVERRIDES`, randomly initialised (seed 0)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "configs" / "inference.json"))
+    parser["bundle_root"] = str(REPO_ROOT)
+    for key, value in TINY_BUNDLE_OVERRIDES.items():
+        parser[key] = value
+    torch.manual_seed(0)
+    return parser.get_parsed_content("network_def")
+
+
+def make_model(folder: Path, case_threshold: float = 0.0, voxel_threshold: float = 0.0) -> Path:
+    """A randomly initialised checkpoint of the tiny network and a calibration JSON next to it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(tiny_network().state_dict(), folder / "model.pt")
+    calibration = {"threshold": case_threshold, "voxel_threshold": voxel_threshold, "target_fpr": 0.05}
+    (folder / "ood_calibration.json").write_text(json.dumps(calibration))
+    return folder / "model.pt"
+
+
+def app_conf(model_path: Path, **extra: str) -> dict[str, str]:
+    """``--conf`` options of the app for the tiny test model (strings, as on the command line)."""
+    return {
+        "device": "cpu",
+        "model_path": str(model_path),
+        "bundle_overrides": json.dumps(TINY_BUNDLE_OVERRIDES),
+        **extra,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# FastAPI client of MONAI Label's app for a studies folder and app options
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def monailabel_client(studies: Path, conf: dict[str, str]) -> Iterator[TestClient]:
+    """MONAI Label's FastAPI app serving apps/maxquery on ``studies``; automatic scoring and upload cache off."""
+    from fastapi.testclient import TestClient
+    from monailabel.app import app
+    from monailabel.config import settings
+    from monailabel.interfaces.utils.app import clear_cache
+
+    names = {
+        "MONAI_LABEL_APP_DIR": str(APP_DIR),
+        "MONAI_LABEL_STUDIES": str(studies),
+        "MONAI_LABEL_APP_CONF": conf,
+        "MONAI_LABEL_DATASTORE_AUTO_RELOAD": False,
+        "MONAI_LABEL_AUTO_UPDATE_SCORING": False,
+        "MONAI_LABEL_SESSIONS": False,
+    }
+    previous = {name: getattr(settings, name) for name in names}
+    for name, value in names.items():
+        setattr(settings, name, value)
+    clear_cache()
+    try:
+        yield TestClient(app)
+    finally:
+        clear_cache()
+        for name, value in previous.items():
+            setattr(settings, name, value)
+
+
+def multipart_parts(response) -> dict[str, bytes]:
+    """The parts of a multipart infer response, by form name (``params``, ``image``)."""
+    from requests_toolbelt.multipart.decoder import MultipartDecoder
+
+    parts = {}
+    for part in MultipartDecoder(response.content, response.headers["content-type"]).parts:
+        disposition = part.headers[b"Content-Disposition"].decode()
+        name = disposition.split('name="')[1].split('"')[0]
+        parts[name] = part.content
+    return parts
+
+
+def load_nifti_bytes(content: bytes, tmp_path: Path, name: str = "result.nii.gz") -> nib.Nifti1Image:
+    """A NIfTI image from response bytes (written to a file first, as clients do)."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    image = nib.load(str(path))
+    image.get_fdata()
+    return image
+
+
+def infer(client: TestClient, tmp_path: Path, image_id: str, model: str = "maxquery", **params: object):
+    """Run ``model`` on ``image_id``; return the result volume, its affine and the JSON params."""
+    response = client.post(
+        f"/infer/{model}", params={"image": image_id, "output": "all"}, data={"params": json.dumps(params)}
+    )
+    assert response.status_code == 200, response.text
+    parts = multipart_parts(response)
+    image = load_nifti_bytes(parts["image"], tmp_path, f"{model}_{image_id}.nii.gz")
+    return np.asanyarray(image.dataobj), image.affine, json.loads(parts["params"])
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny checkpoint with a calibration of 0.0 for both thresholds."""
+    return make_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def studies(tmp_path: Path) -> Path:
+    """Three images; ``case_a`` has a final label."""
+    return make_studies(tmp_path / "studies", ["case_a", "case_b", "case_c"], labelled_ids=("case_a",))
+
+
+@pytest.fixture
+def client(studies: Path, tiny_model: Path) -> Iterator[TestClient]:
+    """The app on :func:`studies` with the tiny model."""
+    with monailabel_client(studies, app_conf(tiny_model)) as test_client:
+        yield test_client
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# /info
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_info_lists_the_maxquery_tasks(client: TestClient, tiny_model: Path) -> None:
+    response = client.get("/info/")
+    assert response.status_code == 200, response.text
+    info = response.json()
+
+    segmentation = info["models"]["maxquery"]
+    assert segmentation["type"] == "segmentation"
+    assert segmentation["labels"] == {"pancreas": 1, "tumour type A": 2, "tumour type B": 3, "suspected_ood": 9}
+    assert info["models"]["maxquery_ood_map"]["type"] == "others"
+    assert set(info["scoring"]) == {"maxquery_ood"}
+    assert set(info["strategies"]) == {"maxquery_ood", "random"}
+    assert set(info["trainers"]) == {"maxquery"}
+    assert info["trainers"]["maxquery"]["config"]["max_epochs"] >= 1
+    assert info["maxquery"]["model_path"] == str(tiny_model)
+    assert info["maxquery"]["model_available"] is True
+    assert info["maxquery"]["ood_threshold"] == 0.0
+    assert info["maxquery"]["ood_voxel_threshold"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# /infer
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_infer_returns_a_label_map_on_the_input_grid(client: TestClient, tmp_path: Path) -> None:
+    label, affine, params = infer(client, tmp_path, "case_b")
+
+    assert label.shape == IMAGE_SHAPE
+    assert label.dtype == np.uint8
+    np.testing.assert_allclose(affine, volume_affine(), atol=1e-4)
+    assert set(np.unique(label)) <= {0, 1, 2, 3, OOD_LABEL_VALUE}
+    assert isinstance(params["ood_score"], float)
+    assert params["ood_threshold"] == 0.0
+    assert params["ood_flag"] is (params["ood_score"] > 0.0)
+    assert params["label_names"]["suspected_ood"] == OOD_LABEL_VALUE
+    assert params["ood_voxels"] == int((label == OOD_LABEL_VALUE).sum())
+
+
+def test_suspected_ood_segment_is_the_foreground_above_the_voxel_threshold(client: TestClient, tmp_path: Path) -> None:
+    plain, _, _ = infer(client, tmp_path, "case_b", ood_voxel_threshold=1e9)
+    all_ood, _, _ = infer(client, tmp_path, "case_b", ood_voxel_threshold=-1e9)
+    anomaly, affine, map_params = infer(client, tmp_path, "case_b", model="maxquery_ood_map", result_dtype="uint8")
+
+    foreground = plain > 0
+    assert OOD_LABEL_VALUE not in plain
+    np.testing.assert_array_equal(all_ood == OOD_LABEL_VALUE, foreground)
+    np.testing.assert_array_equal(all_ood[~foreground], 0)
+
+    assert anomaly.dtype == np.float32 and anomaly.shape == IMAGE_SHAPE
+    np.testing.assert_allclose(affine, volume_affine(), atol=1e-4)
+    assert foreground.any(), "the random test model should predict some foreground"
+    threshold = float(np.median(anomaly[foreground]))
+    partial, _, params = infer(client, tmp_path, "case_b", ood_voxel_threshold=threshold)
+    np.testing.assert_array_equal(partial == OOD_LABEL_VALUE, foreground & (anomaly > threshold))
+    np.testing.assert_array_equal(partial[partial != OOD_LABEL_VALUE], plain[partial != OOD_LABEL_VALUE])
+    assert map_params["ood_score"] == pytest.approx(params["ood_score"])
+
+
+def test_mark_suspected_ood_ignores_background() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("maxquery_app_transforms", APP_DIR / "lib" / "transforms.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    label = torch.tensor([[[[0, 1, 2, 3]]]])
+    anomaly = torch.tensor([[[[5.0, 5.0, 0.0, 5.0]]]])
+    out = module.MarkSuspectedOODd("pred", "ood", threshold=1.0, ood_value=9)({"pred": label, "ood": anomaly})
+    assert out["pred"].tolist() == [[[[0, 9, 2, 9]]]]
+    assert out["ood_voxels"] == 2
+    assert label.tolist() == [[[[0, 1, 2, 3]]]], "the input must not be modified"
+    unmarked = module.MarkSuspectedOODd("pred", "ood", threshold=None, ood_value=9)({"pred": label, "ood": anomaly})
+    assert unmarked["pred"].tolist() == label.tolist()
+
+
+def test_infer_errors_are_4xx_with_a_message(client: TestClient, tmp_path: Path) -> None:
+    unknown_image = client.post("/infer/maxquery", params={"image": "no_such_case"})
+    assert unknown_image.status_code == 404
+    assert "no_such_case" in unknown_image.json()["detail"]
+
+    unknown_model = client.post("/infer/segmentation_spleen", params={"image": "case_a"})
+    assert unknown_model.status_code == 404
+    assert "maxquery" in unknown_model.json()["detail"]
+
+    flat = write_nifti(tmp_path / "flat.nii.gz", np.zeros((32, 32), dtype=np.int16), np.eye(4))
+    with flat.open("rb") as handle:
+        not_3d = client.post("/infer/maxquery", files={"file": ("flat.nii.gz", handle)})
+    assert not_3d.status_code == 422
+    assert "3D" in not_3d.json()["detail"]
+
+    garbage = client.post("/infer/maxquery", files={"file": ("scan.nii.gz", b"not a nifti file")})
+    assert garbage.status_code == 422
+    assert "cannot load image" in garbage.json()["detail"]
+
+    assert client.get("/info/").status_code == 200
+
+
+def test_missing_model_is_reported_and_the_server_still_serves(studies: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "model.pt"
+    with monailabel_client(studies, app_conf(missing)) as client:
+        info = client.get("/info/").json()
+        assert "maxquery" in info["models"]
+        assert info["maxquery"]["model_available"] is False
+
+        response = client.post("/infer/maxquery", params={"image": "case_a"})
+        assert response.status_code == 503
+        assert str(missing) in response.json()["detail"]
+
+        scoring = client.post("/scoring/maxquery_ood", params={"run_sync": True})
+        assert scoring.status_code == 503
+        assert str(missing) in scoring.json()["detail"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# scoring and active learning
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_scoring_stores_case_scores_and_skips_up_to_date_ones(client: TestClient, tmp_path: Path) -> None:
+    response = client.post("/scoring/maxquery_ood", params={"run_sync": True})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert set(result["scored"]) == {"case_a", "case_b", "case_c"}
+    assert not result["failed"]
+    for image_id, score in result["scored"].items():
+        info = client.get("/datastore/image/info", params={"image": image_id}).json()
+        assert info["maxquery_ood_score"] == pytest.approx(score)
+        assert info["maxquery_ood_flag"] is (score > 0.0)
+        assert info["maxquery_ood_model_version"] == result["model_version"]
+
+    again = client.post("/scoring/maxquery_ood", params={"run_sync": True}).json()
+    assert again["scored"] == {}
+    assert sorted(again["skipped"]) == ["case_a", "case_b", "case_c"]
+
+    _, _, params = infer(client, tmp_path, "case_b")
+    assert params["ood_score"] == pytest.approx(result["scored"]["case_b"], rel=1e-5)
+
+
+def _set_score(client: TestClient, image_id: str, score: float | None) -> None:
+    info = {"maxquery_ood_score": score}
+    response = client.put("/datastore/image/info", params={"image": image_id}, data={"info": json.dumps(info)})
+    assert response.status_code == 200, response.text
+
+
+def test_ood_strategy_picks_the_highest_score_then_the_smallest_id_then_unscored(tmp_path: Path, tiny_model) -> None:
+    studies = make_studies(tmp_path / "studies", ["d", "c", "b", "a", "labelled"], labelled_ids=("labelled",))
+    with monailabel_client(studies, app_conf(tiny_model)) as client:
+
+        def next_sample() -> str:
+            response = client.post("/activelearning/maxquery_ood", json={})
+            assert response.status_code == 200, response.text
+            return response.json()["id"]
+
+        assert next_sample() == "a", "no score yet: unscored images in id order"
+        _set_score(client, "labelled", 100.0)
+        _set_score(client, "b", 2.0)
+        assert next_sample() == "b", "scored images first, labelled images never"
+        _set_score(client, "d", 3.0)
+        _set_score(client, "c", 3.0)
+        assert next_sample() == "c", "ties broken by image id"
+
+        computed = client.post("/activelearning/maxquery_ood", json={"compute_missing": True}).json()
+        stored = {i: client.get("/datastore/image/info", params={"image": i}).json() for i in "abcd"}
+        assert isinstance(stored["a"]["maxquery_ood_score"], float), "the missing score is computed"
+        best = min(stored, key=lambda i: (-stored[i]["maxquery_ood_score"], i))
+        assert computed["id"] == best
+        assert client.post("/activelearning/random", json={}).json()["id"] in {"a", "b", "c", "d"}
+        assert client.post("/activelearning/no_such_strategy", json={}).status_code == 404
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# datastore robustness
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _put_image(client: TestClient, image_id: str, name: str, content: bytes):
+    return client.put("/datastore/image", params={"image": image_id}, files={"file": (name, content)})
+
+
+def _put_label(client: TestClient, image_id: str, name: str, content: bytes, tag: str = "final"):
+    return client.put("/datastore/label", params={"image": image_id, "tag": tag}, files={"label": (name, content)})
+
+
+def _nifti_bytes(tmp_path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> bytes:
+    return write_nifti(tmp_path / "upload.nii.gz", array, affine).read_bytes()
+
+
+def test_bad_image_uploads_are_rejected_before_saving(client: TestClient, studies: Path, tmp_path: Path) -> None:
+    assert client.get("/info/").status_code == 200
+    files_before = sorted(p.name for p in studies.iterdir())
+    png = b"\\x89PNG\\r\\n\\x1a\\n" + b"\\x00" * 64
+
+    cases = [
+        (_put_image(client, "slice", "slice.png", png), "unsupported file type"),
+        (_put_image(client, "fake", "fake.nii.gz", png), "cannot read"),
+        (_put_image(client, "flat", "flat.nii.gz", _nifti_bytes(tmp_path, np.zeros((32, 32), np.int16))), "3D"),
+        (_put_image(client, "thin", "t.nii.gz", _nifti_bytes(tmp_path, np.zeros((32, 32, 1), np.int16))), "3D"),
+        (_put_image(client, "../escape", "e.nii.gz", _nifti_bytes(tmp_path, synthetic_case(0)[0])), "image id"),
+    ]
+    for response, message in cases:
+        assert response.status_code == 422, response.text
+        assert message in response.json()["detail"]
+
+    assert sorted(p.name for p in studies.iterdir()) == files_before
+    assert sorted(client.get("/datastore/", params={"output": "all"}).json()["objects"]) == [
+        "case_a",
+        "case_b",
+        "case_c",
+    ]
+
+    good = _put_image(client, "case_new", "case_new.nii.gz", _nifti_bytes(tmp_path, synthetic_case(5)[0]))
+    assert good.status_code == 200, good.text
+    assert (studies / "case_new.nii.gz").is_file()
+    assert "case_new" in client.get("/datastore/", params={"output": "all"}).json()["objects"]
+
+
+def test_bad_labels_are_rejected_and_leave_the_saved_label_intact(client: TestClient, studies: Path, tmp_path) -> None:
+    saved = studies / "labels" / "final" / "case_a.nii.gz"
+    saved_bytes = saved.read_bytes()
+    image, label = synthetic_case(0)
+
+    wrong_shape = _nifti_bytes(tmp_path, label[:-4])
+    wrong_values = label.copy()
+    wrong_values[0, 0, 0] = 7
+    shifted = volume_affine()
+    shifted[:3, 3] += 10.0
+    cases = [
+        (_put_label(client, "case_a", "case_a.nii.gz", wrong_shape), 422, "spatial shape"),
+        (_put_label(client, "case_a", "case_a.nii.gz", _nifti_bytes(tmp_path, wrong_values)), 422, "[7]"),
+        (_put_label(client, "case_a", "case_a.nii.gz", _nifti_bytes(tmp_path, label, shifted)), 422, "geometry"),
+        (_put_label(client, "case_a", "case_a.nii.gz", b"garbage"), 422, "cannot read"),
+        (_put_label(client, "case_a", "case_a.bin", b"\\x00" * 10), 422, ".bin"),
+        (_put_label(client, "no_such_case", "x.nii.gz", _nifti_bytes(tmp_path, label)), 404, "no_such_case"),
+        (_put_label(client, "case_a", "case_a.nii.gz", _nifti_bytes(tmp_path, label), tag="../x"), 422, "tag"),
+    ]
+    for response, status, message in cases:
+        assert response.status_code == status, response.text
+        assert message in response.json()["detail"]
+        assert saved.read_bytes() == saved_bytes
+
+    assert not any(p.name.endswith(".partial") for p in saved.parent.iterdir())
+    assert client.get("/info/").status_code == 200
+
+    relabelled = label.copy()
+    relabelled[label == 2] = 3
+    relabelled[0, 0, 0] = OOD_LABEL_VALUE
+    new_bytes = _nifti_bytes(tmp_path, relabelled)
+    response = _put_label(client, "case_b", "case_b.nii.gz", new_bytes)
+    assert response.status_code == 200, response.text
+    assert (studies / "labels" / "final" / "case_b.nii.gz").read_bytes() == new_bytes
+    assert client.get("/datastore/label/info", params={"label": "case_b", "tag": "final"}).json()["label_values"] == [
+        0,
+        1,
+        3,
+        OOD_LABEL_VALUE,
+    ]
+
+
+def test_raw_binary_labels_are_stored_on_the_image_grid(client: TestClient, studies: Path) -> None:
+    _, label = synthetic_case(1)
+    response = _put_label(client, "case_b", "label.bin", label.flatten(order="F").tobytes())
+    assert response.status_code == 200, response.text
+    stored = nib.load(str(studies / "labels" / "final" / "case_b.nii.gz"))
+    np.testing.assert_array_equal(np.asanyarray(stored.dataobj), label)
+    np.testing.assert_allclose(stored.affine, volume_affine(), atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_training_needs_usable_labels_and_valid_options(tmp_path: Path, tiny_model: Path) -> None:
+    studies = make_studies(tmp_path / "studies", ["case_a", "case_b"])
+    with monailabel_client(studies, app_conf(tiny_model)) as client:
+        no_labels = client.post("/train/maxquery", params={"run_sync": True}, json={"max_epochs": 1})
+        assert no_labels.status_code == 422
+        assert "final label" in no_labels.json()["detail"]
+
+        bad_epochs = client.post("/train/maxquery", params={"run_sync": True}, json={"max_epochs": 0})
+        assert bad_epochs.status_code == 422
+        assert "max_epochs" in bad_epochs.json()["detail"]
+
+
+@pytest.mark.slow
+def test_training_fine_tunes_recalibrates_and_publishes_the_model(tmp_path: Path) -> None:
+    model_path = make_model(tmp_path / "model")
+    old_weights = model_path.read_bytes()
+    studies = make_studies(
+        tmp_path / "studies", ["case_a", "case_b", "case_c", "case_ood"], labelled_ids=("case_a", "case_b", "case_ood")
+    )
+    _, ood_label = synthetic_case(3)
+    ood_label[ood_label == 2] = OOD_LABEL_VALUE
+    write_nifti(studies / "labels" / "final" / "case_ood.nii.gz", ood_label)
+
+    with monailabel_client(studies, app_conf(model_path)) as client:
+        response = client.post("/train/maxquery", params={"run_sync": True}, json={"max_epochs": 1})
+        assert response.status_code == 200, response.text
+        summary = response.json()
+
+        assert set(summary["excluded_cases"]) == {"case_ood"}
+        assert sorted(summary["train_cases"] + summary["val_cases"]) == ["case_a", "case_b"]
+        assert summary["started_from"] == str(model_path)
+        assert model_path.read_bytes() != old_weights
+        assert not [p for p in model_path.parent.iterdir() if p.name.startswith(".")], "staging files left behind"
+
+        calibration_path = model_path.parent / "ood_calibration.json"
+        if summary["calibration_error"] is None:
+            stored = json.loads(calibration_path.read_text())
+            assert stored["threshold"] == pytest.approx(summary["calibration"]["threshold"])
+            assert stored["voxel_threshold"] == pytest.approx(summary["calibration"]["voxel_threshold"])
+        else:
+            assert not calibration_path.exists(), "a calibration of the previous model must not be kept"
+
+        info = client.get("/info/").json()
+        assert info["train_stats"]["maxquery"]["model_version"] == summary["model_version"]
+        _, _, params = infer(client, tmp_path, "case_c")
+        assert params["model_version"] == summary["model_version"]
+
+
+def test_infer_result_in_nrrd_keeps_the_image_geometry(client: TestClient, studies: Path, tmp_path: Path) -> None:
+    from monai.transforms import LoadImage
+
+    query = {"image": "case_b", "output": "image"}
+    params = {"result_extension": ".nrrd", "result_dtype": "uint8"}
+    response = client.post("/infer/maxquery", params=query, data={"params": json.dumps(params)})
+    assert response.status_code == 200, response.text
+    result_path = tmp_path / "result.nrrd"
+    result_path.write_bytes(response.content)
+
+    result = LoadImage(image_only=True)(str(result_path))
+    image = LoadImage(image_only=True)(str(studies / "case_b.nii.gz"))
+    assert tuple(result.shape) == IMAGE_SHAPE
+    np.testing.assert_allclose(np.asarray(result.affine), np.asarray(image.affine), atol=1e-4)

@@ -1,0 +1,196 @@
+"""End to end: a real ``monailabel start_server`` process serving apps/maxquery on a few tiny studies."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import nibabel as nib
+import numpy as np
+import pytest
+from test_monailabel_app import (
+    APP_DIR,
+    IMAGE_SHAPE,
+    TINY_BUNDLE_OVERRIDES,
+    make_model,
+    make_studies,
+    synthetic_case,
+    write_nifti,
+)
+
+SERVER_START_TIMEOUT_S = 180
+TASK_TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server_command(studies: Path, model_path: Path, port: int) -> list[str]:
+    """``monailabel start_server ...`` (the installed command, else the same module through this Python)."""
+    executable = shutil.which("monailabel")
+    command = [executable] if executable else [sys.executable, "-m", "monailabel.main"]
+    # The monailabel shell wrapper splits arguments on spaces, so the JSON option has none.
+    overrides = json.dumps(TINY_BUNDLE_OVERRIDES, separators=(",", ":"))
+    return [
+        *command,
+        "start_server",
+        "--app",
+        str(APP_DIR),
+        "--studies",
+        str(studies),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--conf",
+        "device",
+        "cpu",
+        "--conf",
+        "model_path",
+        str(model_path),
+        "--conf",
+        "bundle_overrides",
+        overrides,
+    ]
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float, what: str, poll_s: float = 1.0) -> object:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout_s`` naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(poll_s)
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[httpx.Client, Path, Path]]:
+    """A running server on three studies (two with final labels) and the tiny model; stopped afterwards."""
+    studies = make_studies(tmp_path / "studies", ["case_a", "case_b", "case_c"], labelled_ids=("case_a", "case_b"))
+    model_path = make_model(tmp_path / "model")
+    port = free_port()
+    env = {
+        **os.environ,
+        "MONAILABEL_PYEXE": sys.executable,
+        "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+        "MONAI_LABEL_SESSIONS": "false",
+    }
+    log_path = tmp_path / "server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            start_server_command(studies, model_path, port),
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            return client.get("/info/").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(ready, SERVER_START_TIMEOUT_S, "the server to answer /info/")
+        yield client, studies, model_path
+    except BaseException:
+        print(log_path.read_text()[-6000:])
+        raise
+    finally:
+        client.close()
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def wait_for_task(client: httpx.Client, kind: str, task_id: str) -> dict:
+    """Poll ``GET /<kind>/`` until the background task ``task_id`` has finished; return its record."""
+
+    def finished() -> dict | None:
+        tasks = client.get(f"/{kind}/", params={"all": True}).json()
+        task = next((t for t in tasks if t["id"] == task_id), None)
+        return task if task and task["status"] not in ("SUBMITTED", "RUNNING") else None
+
+    return wait_for(finished, TASK_TIMEOUT_S, f"{kind} task {task_id}", poll_s=2.0)
+
+
+def put_label(client: httpx.Client, image_id: str, label_file: Path) -> httpx.Response:
+    """``PUT /datastore/label`` of a NIfTI file as the final label of ``image_id``."""
+    files = {"label": (label_file.name, label_file.read_bytes())}
+    return client.put("/datastore/label", params={"image": image_id}, files=files)
+
+
+@pytest.mark.slow
+def test_server_infers_scores_samples_saves_labels_and_trains(server, tmp_path: Path) -> None:
+    client, studies, model_path = server
+
+    info = client.get("/info/").json()
+    assert {"maxquery", "maxquery_ood_map"} <= set(info["models"])
+    assert set(info["strategies"]) == {"maxquery_ood", "random"}
+    assert "maxquery_ood" in info["scoring"] and "maxquery" in info["trainers"]
+
+    # inference: the label map on the input grid, and the OOD result
+    response = client.post("/infer/maxquery", params={"image": "case_c", "output": "image"})
+    assert response.status_code == 200, response.text
+    (tmp_path / "seg.nii.gz").write_bytes(response.content)
+    assert nib.load(str(tmp_path / "seg.nii.gz")).shape == IMAGE_SHAPE
+    params = client.post("/infer/maxquery", params={"image": "case_c", "output": "json"}).json()
+    assert isinstance(params["ood_score"], float) and "ood_flag" in params
+    assert client.post("/infer/maxquery", params={"image": "missing"}).status_code == 404
+
+    # scoring runs in a background process and writes into the datastore the server reads
+    task = client.post("/scoring/maxquery_ood").json()
+    assert wait_for_task(client, "scoring", task["id"])["status"] == "DONE"
+    image_ids = ("case_a", "case_b", "case_c")
+    scores = {i: client.get("/datastore/image/info", params={"image": i}).json() for i in image_ids}
+    assert all(isinstance(s.get("maxquery_ood_score"), float) for s in scores.values()), scores
+
+    # active learning: the only unlabelled image, with its stored score
+    sample = client.post("/activelearning/maxquery_ood", json={}).json()
+    assert sample["id"] == "case_c"
+    assert sample["maxquery_ood_score"] == pytest.approx(scores["case_c"]["maxquery_ood_score"])
+
+    # labels: a wrong shape is refused, a good label is stored
+    _, label = synthetic_case(2)
+    wrong = write_nifti(tmp_path / "wrong.nii.gz", label[:, :-2])
+    refused = put_label(client, "case_c", wrong)
+    assert refused.status_code == 422 and "shape" in refused.json()["detail"]
+    good = write_nifti(tmp_path / "good.nii.gz", label)
+    saved = put_label(client, "case_c", good)
+    assert saved.status_code == 200, saved.text
+    assert (studies / "labels" / "final" / "case_c.nii.gz").read_bytes() == good.read_bytes()
+    assert client.post("/activelearning/maxquery_ood", json={}).json() == {}
+
+    # one epoch of training in the background; the server then infers with the new model
+    old_weights = model_path.read_bytes()
+    task = client.post("/train/maxquery", json={"max_epochs": 1}).json()
+    record = wait_for_task(client, "train", task["id"])
+    assert record["status"] == "DONE", record
+    assert model_path.read_bytes() != old_weights
+    stats = client.get("/info/").json()["train_stats"]["maxquery"]
+    assert sorted(stats["train_cases"] + stats["val_cases"]) == ["case_a", "case_b", "case_c"]
+    params = client.post("/infer/maxquery", params={"image": "case_c", "output": "json"}).json()
+    assert params["model_version"] == stats["model_version"]
+    assert np.isfinite(params["ood_score"])

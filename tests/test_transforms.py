@@ -1,0 +1,56 @@
+"""Bundle transforms: input validation names the problem; the stacked output splits into Z and A."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+from bundle.transforms import InvalidVolumeError, ValidateVolumed
+
+
+def _load(tmp_path, image: np.ndarray, label: np.ndarray | None = None) -> dict:
+    data = {}
+    nib.save(nib.Nifti1Image(image, np.diag([2.0, 2.0, 3.0, 1.0])), tmp_path / "img.nii.gz")
+    data["image"] = str(tmp_path / "img.nii.gz")
+    keys = ["image"]
+    if label is not None:
+        nib.save(nib.Nifti1Image(label, np.diag([2.0, 2.0, 3.0, 1.0])), tmp_path / "lbl.nii.gz")
+        data["label"] = str(tmp_path / "lbl.nii.gz")
+        keys.append("label")
+    return Compose([LoadImaged(keys, image_only=True), EnsureChannelFirstd(keys)])(data)
+
+
+def test_valid_volume_passes_unchanged(tmp_path):
+    item = _load(tmp_path, np.zeros((8, 8, 4), np.int16), np.ones((8, 8, 4), np.uint8))
+    out = ValidateVolumed("image", label_keys="label", allowed_labels=[0, 1, 2, 3])(item)
+    assert out["image"] is item["image"] and out["label"] is item["label"]
+
+
+def test_two_dimensional_image_is_refused_with_its_file_name(tmp_path):
+    item = _load(tmp_path, np.zeros((8, 8), np.int16))
+    with pytest.raises(InvalidVolumeError, match=r"img\.nii\.gz.*3D"):
+        ValidateVolumed("image")(item)
+
+
+def test_label_values_outside_the_classes_are_named(tmp_path):
+    label = np.zeros((8, 8, 4), np.uint8)
+    label[2, 2, 2] = 7
+    item = _load(tmp_path, np.zeros((8, 8, 4), np.int16), label)
+    with pytest.raises(InvalidVolumeError, match=r"lbl\.nii\.gz.*\[7\]"):
+        ValidateVolumed("image", label_keys="label", allowed_labels=[0, 1, 2, 3])(item)
+
+
+def test_label_shape_mismatch_is_refused(tmp_path):
+    item = _load(tmp_path, np.zeros((8, 8, 4), np.int16), np.zeros((8, 8, 5), np.uint8))
+    with pytest.raises(InvalidVolumeError, match="does not match the image shape"):
+        ValidateVolumed("image", label_keys="label")(item)
+
+
+def test_non_finite_image_is_refused():
+    image = torch.zeros(1, 4, 4, 4)
+    image[0, 1, 1, 1] = float("nan")
+    with pytest.raises(InvalidVolumeError, match="NaN"):
+        ValidateVolumed("image")({"image": image})
