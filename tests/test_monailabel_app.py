@@ -205,7 +205,7 @@ def test_info_lists_the_maxquery_tasks(client: TestClient, tiny_model: Path) -> 
 
     segmentation = info["models"]["maxquery"]
     assert segmentation["type"] == "segmentation"
-    assert segmentation["labels"] == {"pancreas": 1, "tumour type A": 2, "tumour type B": 3, "suspected_ood": 9}
+    assert segmentation["labels"] == {"pancreas": 1, "pdac": 2, "pnet": 3, "suspected_ood": 9}
     assert info["models"]["maxquery_ood_map"]["type"] == "others"
     assert set(info["scoring"]) == {"maxquery_ood"}
     assert set(info["strategies"]) == {"maxquery_ood", "random"}

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from monai.utils import min_version, optional_import
 
-from bundle.handlers.io import atomic_write_text, case_name
+from bundle.data.files import atomic_write_text
+from bundle.handlers.naming import case_name
 from bundle.ood.calibration import load_calibration
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")

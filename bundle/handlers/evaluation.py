@@ -16,7 +16,8 @@ from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 from monai.utils import min_version, optional_import
 
-from bundle.handlers.io import atomic_write_text, case_name
+from bundle.data.files import atomic_write_text
+from bundle.handlers.naming import case_name
 from bundle.metrics.ood import case_auroc, pixel_ood_metrics, roi_mask
 from bundle.ood.case_score import case_ood_score
 from bundle.ood.scores import ood_score

@@ -68,7 +68,8 @@ class MaskTransformer(nn.Module):
         num_heads: attention heads.
         ffn_dim: decoder FFN width (``4 * embed_dim`` by default).
         dropout: dropout of the decoder (the backbone uses none).
-        num_feature_levels: how many decoder scales (coarsest first) the queries attend to.
+        num_feature_levels: how many decoder scales (coarsest first) the queries attend to; at most ``num_layers``
+            are used, since the layers visit the scales round robin.
         pre_norm: pre-norm decoder layers.
         normalize_embeddings: L2-normalise centres and voxel embeddings (cosine affinities).
         temperature: affinity temperature; ``None`` = learnable (see :class:`MaskClassificationHead`).
@@ -118,6 +119,8 @@ class MaskTransformer(nn.Module):
         channels = self.backbone.feature_channels
         if not 1 <= num_feature_levels <= len(channels):
             raise ValueError(f"num_feature_levels must be in [1, {len(channels)}], got {num_feature_levels}.")
+        # A scale that no decoder layer attends to would hold parameters without gradients (and break DDP).
+        num_feature_levels = min(num_feature_levels, num_layers)
         self.decoder = QueryTransformerDecoder(
             feature_channels=channels[:num_feature_levels],
             embed_dim=embed_dim,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from bundle.data.files import atomic_write_text
 
 __all__ = ["CalibrationError", "calibrate_threshold", "empirical_fpr", "load_calibration", "save_calibration"]
 
@@ -61,20 +61,7 @@ def save_calibration(path: str | Path, data: Mapping[str, object]) -> Path:
         the destination path.
     """
     _validate(dict(data), str(path))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(dict(data), f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(dict(data), indent=2, sort_keys=True) + "\n")
 
 
 def load_calibration(path: str | Path) -> dict:

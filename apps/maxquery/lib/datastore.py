@@ -6,10 +6,8 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +16,8 @@ from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastor
 from monailabel.datastore.utils.convert import binary_to_image
 from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
 from monailabel.utils.others.generic import remove_file
+
+from bundle.data.files import atomic_write, atomic_write_text
 
 from .errors import InvalidInputError, http_errors
 from .volume_checks import LABEL_EXTENSIONS, VOLUME_EXTENSIONS, check_image, check_label, load_volume, volume_extension
@@ -28,21 +28,9 @@ logger = logging.getLogger(__name__)
 
 
 def atomic_copy(source: str | os.PathLike, destination: str | os.PathLike) -> None:
-    """Copy ``source`` to ``destination`` through a hidden temporary file in the destination's folder.
-
-    Readers (and a crash) see either the previous file or the complete new one, never part of it.
-    """
-    destination = Path(destination)
-    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            shutil.copyfileobj(src, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, destination)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Copy ``source`` to ``destination`` all or nothing (readers never see part of the file)."""
+    with open(source, "rb") as src:
+        atomic_write(destination, lambda out: shutil.copyfileobj(src, out))
 
 
 def check_name(name: str, what: str) -> str:
@@ -106,10 +94,7 @@ class ValidatingLocalDatastore(LocalDatastore):
     def _update_datastore_file(self, lock: bool = True) -> None:
         def write() -> None:
             text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
-            tmp = f"{self._datastore_config_path}.partial"
-            with open(tmp, "w") as handle:
-                handle.write(text)
-            os.replace(tmp, self._datastore_config_path)
+            atomic_write_text(self._datastore_config_path, text)
             self._config_ts = os.stat(self._datastore_config_path).st_mtime
 
         if lock:
