@@ -193,6 +193,19 @@ def test_bad_inputs_stop_with_a_named_problem(trained, dataset, tmp_path):
     )
     assert proc.returncode != 0 and "flat.nii.gz" in proc.stderr and "3D" in proc.stderr
 
+    absent = tmp_path / "no_such_dataset"
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--meta_file", "metadata.json"]
+        + ["--config_file", "configs/train.json", "--dataset_dir", str(absent)]
+        + ["--ckpt_dir", str(tmp_path / "models3"), "--output_dir", str(tmp_path / "out3")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0 and f"dataset not found: {absent / 'dataset.json'}" in proc.stderr
+    assert not absent.exists(), "a user's missing dataset must not be replaced by a generated phantom"
+
 
 def test_two_process_gloo_training(dataset, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
