@@ -257,3 +257,28 @@ def test_pipeline_trains_evaluates_and_prints_the_table(dataset, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "pixel AUROC" in printed and "maxquery" in printed and "Dice (inlier test cases)" in printed
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_cases"]["test_ood"] == 2
+
+
+def test_dynunet_baseline_by_configuration(dataset, tmp_path):
+    tiny = {k: v for k, v in TINY.items() if k.split("#")[-1] not in ("embed_dim", "num_layers", "num_heads")}
+    common = {"dataset_dir": dataset, "ckpt_dir": tmp_path / "models", **tiny}
+    bundle_run(
+        ["configs/train.json", "configs/baseline_dynunet.json"],
+        output_dir=tmp_path / "train",
+        val_interval=1,
+        **{"train#trainer#max_epochs": 1},
+        **common,
+    )
+    calibration = json.loads((tmp_path / "models" / "ood_calibration.json").read_text())
+    assert np.isfinite(calibration["threshold"])  # the per-voxel head is calibrated on its MSP map
+    bundle_run(
+        ["configs/train.json", "configs/evaluate.json", "configs/baseline_dynunet.json"],
+        output_dir=tmp_path / "evaluation",
+        save_scores="true",
+        **common,
+    )
+    metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    assert "maxquery" not in metrics["pixel_ood"] and metrics["settings"]["input_type"] == "logits"
+    scores = np.load(tmp_path / "evaluation" / "roi_scores.npz")
+    assert set(scores.files) == {"msp", "max_logit", "energy", "entropy", "rba", "is_ood"}
+    assert scores["is_ood"].sum() == metrics["num_roi_voxels"]["ood"] > 0

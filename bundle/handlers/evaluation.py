@@ -16,7 +16,7 @@ from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 from monai.utils import min_version, optional_import
 
-from bundle.data.files import atomic_write_text
+from bundle.data.files import atomic_write, atomic_write_text
 from bundle.handlers.naming import case_name
 from bundle.metrics.ood import case_auroc, pixel_ood_metrics, roi_mask
 from bundle.ood.case_score import case_ood_score
@@ -65,6 +65,8 @@ class OODEvaluationHandler:
         case_group_key: batch key with 1 for OOD cases, 0 for inlier cases.
         metrics_filename: name of the JSON summary.
         per_case_filename: name of the per-case CSV.
+        save_scores: also write ``roi_scores.npz``: the pooled ROI voxel scores of every method and the OOD mask,
+            for ROC and precision-recall curves.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class OODEvaluationHandler:
         case_group_key: str = "ood_case",
         metrics_filename: str = "metrics.json",
         per_case_filename: str = "per_case.csv",
+        save_scores: bool = False,
     ) -> None:
         if input_type not in ("probabilities", "logits"):
             raise ValueError(f"input_type must be 'probabilities' or 'logits', got '{input_type}'.")
@@ -96,6 +99,7 @@ class OODEvaluationHandler:
         self.methods = (["maxquery"] if anomaly_key else []) + list(methods)
         self.pred_key, self.label_key, self.case_group_key = pred_key, label_key, case_group_key
         self.metrics_filename, self.per_case_filename = metrics_filename, per_case_filename
+        self.save_scores = save_scores
         self._reset()
 
     def _reset(self, engine: Engine | None = None) -> None:
@@ -194,6 +198,10 @@ class OODEvaluationHandler:
         for record in sorted(self.cases, key=lambda c: (c["group"], c["case"])):
             writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in record.items()})
         atomic_write_text(self.output_dir / self.per_case_filename, buffer.getvalue())
+        if self.save_scores:
+            arrays = {m: np.concatenate(v) for m, v in self.roi_scores.items() if v}
+            arrays["is_ood"] = np.concatenate(self.roi_is_ood)
+            atomic_write(self.output_dir / "roi_scores.npz", lambda handle: np.savez_compressed(handle, **arrays))
         logger.info("evaluation written to %s\n%s", self.output_dir, format_metrics_table(self.metrics))
 
 

@@ -1,0 +1,252 @@
+"""OOD benchmark: MaxQuery against the baseline scores, the QD-loss ablation and an nnU-Net-like DynUNet.
+
+Trains (or reuses the cached checkpoints of) three models with fixed seeds on the phantom benchmark, evaluates each
+on ``test`` + ``test_ood`` with ``configs/evaluate.json`` and writes into ``--out`` (default ``docs/benchmark``):
+
+- ``results.json`` and ``results.md``: Dice per inlier class, pixel-level AUROC / AUPR / FPR95 and case-level AUROC
+  of every score of every model, the machine, the seeds, the settings and the time taken;
+- ``roc_pr.png``: ROC and precision-recall curves of the pooled ROI voxels;
+- ``ood_cases.png``: image, ground truth, segmentation and MaxQuery map of a few OOD cases (model c).
+
+The models, each a plain layering of the bundle configs:
+
+- ``a_dynunet``: ``configs/train.json`` + ``configs/baseline_dynunet.json`` (per-voxel head, same backbone);
+- ``b_mask_transformer_no_qd``: ``configs/train.json`` with ``--loss#qd_weight 0``;
+- ``c_mask_transformer_qd``: ``configs/train.json`` as shipped.
+
+Run from the bundle root::
+
+    python benchmarks/ood_benchmark.py [--max_epochs N] [--reuse] [--ID VALUE ...]
+
+Further ``--ID VALUE`` pairs are config overrides applied to every model (e.g. a larger network on a GPU).
+Settings are chosen on inlier validation data only; ``test_ood`` is used for reporting, never for tuning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from monai.bundle import run  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bundle.data import ensure_dataset, load_datalist, ood_label_values  # noqa: E402
+from bundle.scripts.pipeline import parse_overrides  # noqa: E402
+
+VARIANTS: dict[str, dict] = {
+    "a_dynunet": {"configs": ["baseline_dynunet.json"], "overrides": {}},
+    "b_mask_transformer_no_qd": {"configs": [], "overrides": {"loss#qd_weight": 0.0}},
+    "c_mask_transformer_qd": {"configs": [], "overrides": {}},
+}
+TARGETS = {"auroc": 0.95, "aupr": 0.60, "fpr95": 0.25, "case_auroc": 0.95}
+SEED = 0
+
+
+def machine() -> str:
+    """A one-line description of where the benchmark ran."""
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    return f"{platform.processor() or platform.machine()}; {device}; torch {torch.__version__}"
+
+
+def bundle_run(config_files: list[str], overrides: dict) -> None:
+    """``monai.bundle run`` of the given config files from ``configs/`` with overrides."""
+    run(
+        config_file=[str(ROOT / "configs" / name) for name in config_files],
+        meta_file=str(ROOT / "metadata.json"),
+        logging_file=str(ROOT / "configs" / "logging.conf"),
+        **overrides,
+    )
+
+
+def train_and_evaluate(name: str, work: Path, common: dict, max_epochs: int | None, reuse: bool) -> dict:
+    """Train one variant unless its checkpoint is cached, evaluate it; return its metrics and timings."""
+    variant = VARIANTS[name]
+    overrides = {**common, **variant["overrides"], "ckpt_dir": str(work / name / "models")}
+    timings = {}
+    if not (reuse and (work / name / "models" / "model.pt").is_file()):
+        start = time.perf_counter()
+        train_overrides = {**overrides, "output_dir": str(work / name / "train")}
+        if max_epochs is not None:
+            train_overrides["train#trainer#max_epochs"] = max_epochs
+        bundle_run(["train.json", *variant["configs"]], train_overrides)
+        timings["train_s"] = round(time.perf_counter() - start, 1)
+    start = time.perf_counter()
+    eval_overrides = {**overrides, "output_dir": str(work / name / "evaluation"), "save_scores": True}
+    bundle_run(["train.json", "evaluate.json", *variant["configs"]], eval_overrides)
+    timings["evaluate_s"] = round(time.perf_counter() - start, 1)
+    metrics = json.loads((work / name / "evaluation" / "metrics.json").read_text())
+    return {"metrics": metrics, "timings": timings}
+
+
+def best_baseline(results: dict) -> dict[str, float]:
+    """The best value of each pixel metric over every non-MaxQuery score of every model."""
+    best = {"auroc": -np.inf, "aupr": -np.inf, "fpr95": np.inf, "case_auroc": -np.inf}
+    for result in results.values():
+        for method, values in result["metrics"]["pixel_ood"].items():
+            if method == "maxquery":
+                continue
+            best["auroc"] = max(best["auroc"], values["auroc"])
+            best["aupr"] = max(best["aupr"], values["aupr"])
+            best["fpr95"] = min(best["fpr95"], values["fpr95"])
+            best["case_auroc"] = max(best["case_auroc"], result["metrics"]["case_ood"][method]["auroc"])
+    return best
+
+
+def markdown(report: dict) -> str:
+    """The results as markdown tables."""
+    lines = [f"# OOD benchmark\n\nMachine: {report['machine']}. Seeds: {report['seeds']}. Settings: "]
+    lines[-1] += f"`{json.dumps(report['settings'])}`.\n"
+    lines.append("| model | score | pixel AUROC | AUPR | FPR95 | case AUROC |")
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    for name, result in report["models"].items():
+        for method, values in result["metrics"]["pixel_ood"].items():
+            case = result["metrics"]["case_ood"][method]["auroc"]
+            lines.append(
+                f"| {name} | {method} | {values['auroc']:.3f} | {values['aupr']:.3f} | {values['fpr95']:.3f} "
+                f"| {case:.3f} |"
+            )
+    lines.append("\n| model | " + " | ".join(f"Dice {c}" for c in report["classes"]) + " | train s | evaluate s |")
+    lines.append("| --- " * (len(report["classes"]) + 3) + "|")
+    for name, result in report["models"].items():
+        dice = " | ".join(f"{result['metrics']['dice'][c]:.3f}" for c in report["classes"])
+        timings = result["timings"]
+        lines.append(f"| {name} | {dice} | {timings.get('train_s', 'cached')} | {timings['evaluate_s']} |")
+    lines.append("\nTargets for c with MaxQuery (met?):")
+    for key, (value, met) in report["targets"].items():
+        lines.append(f"- {key}: {value:.3f} ({'yes' if met else 'no'})")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(work: Path, out: Path) -> None:
+    """ROC and precision-recall curves of every score of every model."""
+    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(12, 5))
+    for name in VARIANTS:
+        scores = np.load(work / name / "evaluation" / "roi_scores.npz")
+        is_ood = scores["is_ood"]
+        for method in scores.files:
+            if method == "is_ood" or method in ("energy", "max_logit") and name != "a_dynunet":
+                continue  # with l = log Z these duplicate MSP or are constant
+            style = "-" if method == "maxquery" else ":"
+            fpr, tpr, _ = roc_curve(is_ood, scores[method])
+            precision, recall, _ = precision_recall_curve(is_ood, scores[method])
+            roc_ax.plot(fpr, tpr, style, label=f"{name} {method}")
+            pr_ax.plot(recall, precision, style, label=f"{name} {method}")
+    roc_ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="pixel-level ROC (ROI voxels)")
+    pr_ax.set(xlabel="recall", ylabel="precision", title="pixel-level precision-recall (OOD positive)")
+    pr_ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "roc_pr.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_cases(dataset: Path, work: Path, out: Path, common: dict, num_cases: int = 3) -> None:
+    """Image, ground truth, segmentation and MaxQuery map of a few OOD cases, through ``configs/inference.json``."""
+    cases = load_datalist(dataset, "test_ood")[:num_cases]
+    pred_dir = work / "c_mask_transformer_qd" / "inference"
+    overrides = {
+        **common,
+        "ckpt_dir": str(work / "c_mask_transformer_qd" / "models"),
+        "output_dir": str(pred_dir),
+        "datalist": [{"image": c["image"]} for c in cases],
+    }
+    bundle_run(["inference.json"], overrides)
+    ood_values = ood_label_values(dataset)
+    fig, axes = plt.subplots(len(cases), 4, figsize=(12, 3 * len(cases)), squeeze=False)
+    for row, case in zip(axes, cases, strict=True):
+        name = Path(case["image"]).name[: -len(".nii.gz")]
+        image = nib.load(case["image"]).get_fdata()
+        label = nib.load(case["label"]).get_fdata()
+        seg = nib.load(pred_dir / f"{name}_seg.nii.gz").get_fdata()
+        anomaly = nib.load(pred_dir / f"{name}_ood.nii.gz").get_fdata()
+        z = int(np.argmax(np.isin(label, ood_values).sum(axis=(0, 1))))
+        panels = [
+            (image, "image", "gray", (-160, 240)),
+            (label, "ground truth (OOD >= 4)", "tab10", (0, 9)),
+            (seg, "segmentation", "tab10", (0, 9)),
+            (anomaly, "MaxQuery A", "magma", None),
+        ]
+        for ax, (volume, title, cmap, limits) in zip(row, panels, strict=True):
+            vmin, vmax = limits if limits else np.percentile(anomaly[..., z], [1, 99.5])
+            ax.imshow(volume[..., z].T, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.set_title(f"{name}: {title}", fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "ood_cases.png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset_dir", default=str(ROOT / "data" / "phantom_pancreas"))
+    parser.add_argument("--work_dir", default=str(ROOT / "runs" / "ood_benchmark"), help="checkpoints and logs")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmark"), help="where the report goes")
+    parser.add_argument("--max_epochs", type=int, help="training epochs (default: configs/train.json)")
+    parser.add_argument("--reuse", action="store_true", help="reuse cached checkpoints in --work_dir")
+    args, extra = parser.parse_known_args(argv)
+    started = time.perf_counter()
+    phantom = {"task": "pancreas", "seed": 0, "num_train": 24, "num_val": 6, "num_test": 10, "num_ood": 10}
+    default_dir = ROOT / "data" / "phantom_pancreas"
+    dataset = Path(ensure_dataset(args.dataset_dir, phantom if Path(args.dataset_dir) == default_dir else None))
+    work, out = Path(args.work_dir), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    common = {"bundle_root": str(ROOT), "dataset_dir": str(dataset), **parse_overrides(extra)}
+
+    results = {name: train_and_evaluate(name, work, common, args.max_epochs, args.reuse) for name in VARIANTS}
+    ours = results["c_mask_transformer_qd"]["metrics"]
+    maxquery = {**ours["pixel_ood"]["maxquery"], "case_auroc": ours["case_ood"]["maxquery"]["auroc"]}
+    best = best_baseline(results)
+    targets = {
+        key: (maxquery[key], maxquery[key] <= goal if key == "fpr95" else maxquery[key] >= goal)
+        for key, goal in TARGETS.items()
+    }
+    targets["auroc margin over best baseline (>= +0.07)"] = (
+        maxquery["auroc"] - best["auroc"],
+        maxquery["auroc"] - best["auroc"] >= 0.07,
+    )
+    targets["aupr margin over best baseline (>= +0.15)"] = (
+        maxquery["aupr"] - best["aupr"],
+        maxquery["aupr"] - best["aupr"] >= 0.15,
+    )
+    targets["fpr95 margin over best baseline (<= -0.14)"] = (
+        maxquery["fpr95"] - best["fpr95"],
+        maxquery["fpr95"] - best["fpr95"] <= -0.14,
+    )
+    tumour_classes = [c for c in ours["dice"] if c != list(ours["dice"])[0]]
+    dice_gap = float(np.nanmin([ours["dice"][c] - results["a_dynunet"]["metrics"]["dice"][c] for c in tumour_classes]))
+    targets["tumour Dice of c minus a (>= 0)"] = (dice_gap, dice_gap >= 0)
+
+    plot_curves(work, out)
+    plot_cases(dataset, work, out, common)
+    report = {
+        "machine": machine(),
+        "seeds": {"training": SEED, "phantom": phantom["seed"]},
+        "settings": {"max_epochs": args.max_epochs, "overrides": parse_overrides(extra), "dataset": str(dataset)},
+        "classes": list(ours["dice"]),
+        "models": results,
+        "best_baseline": best,
+        "targets": targets,
+        "total_s": round(time.perf_counter() - started, 1),
+    }
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
