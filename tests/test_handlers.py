@@ -1,0 +1,71 @@
+"""Bundle handlers on hand-made outputs: metrics that must come out exactly, calibration, the case table."""
+
+from __future__ import annotations
+
+import csv
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from bundle.handlers import OODCalibrationHandler, OODCaseWriter, OODEvaluationHandler
+
+CLASSES = {0: "background", 1: "organ", 2: "tumour"}
+
+
+def _case(name: str, ood: bool, anomaly_on_lesion: float) -> tuple[dict, dict]:
+    """An 8^3 case: organ block, a lesion (inlier tumour or OOD value 4), a perfect segmentation of the inlier part."""
+    label = torch.zeros(1, 8, 8, 8)
+    label[0, 2:6, 2:6, 2:6] = 1
+    label[0, 3:5, 3:5, 3:5] = 4 if ood else 2
+    segmentation = label.clamp_max(2).long()  # the OOD lesion is segmented as a tumour, as a model would
+    probs = torch.nn.functional.one_hot(segmentation[0], 3).permute(3, 0, 1, 2).float() * 0.9 + 0.1 / 3
+    anomaly = torch.zeros(1, 8, 8, 8)
+    anomaly[0, 3:5, 3:5, 3:5] = anomaly_on_lesion
+    meta = {"filename_or_obj": f"/data/{name}.nii.gz"}
+    item = {"pred": MetaTensor(probs, meta=meta), "ood": anomaly, "label": label, "ood_score": anomaly.max().item()}
+    return item, {"image": MetaTensor(torch.zeros(1, 8, 8, 8), meta=meta), "ood_case": torch.tensor(int(ood))}
+
+
+def _run(cases, *steps) -> None:
+    """Call the handler's started / iteration / completed steps on one batch of decollated items."""
+    engine = SimpleNamespace(state=SimpleNamespace(output=[c[0] for c in cases], batch=[c[1] for c in cases]))
+    for step in steps:
+        step(engine)
+
+
+def test_evaluation_scores_a_perfect_maxquery_map_as_perfect(tmp_path):
+    cases = [_case("in_a", False, 0.0), _case("in_b", False, 0.0), _case("ood_a", True, 5.0), _case("ood_b", True, 4.0)]
+    handler = OODEvaluationHandler(str(tmp_path), CLASSES, ood_labels=[4], roi_margin_voxels=1, save_scores=True)
+    _run(cases, handler._reset, handler._collect, handler._finish)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    maxquery = metrics["pixel_ood"]["maxquery"]
+    assert (maxquery["auroc"], maxquery["aupr"], maxquery["fpr95"]) == (1.0, 1.0, 0.0)
+    assert metrics["case_ood"]["maxquery"]["auroc"] == 1.0
+    assert metrics["dice"] == {"organ": pytest.approx(1.0), "tumour": pytest.approx(1.0)}
+    assert metrics["num_cases"] == {"test": 2, "test_ood": 2}
+    assert metrics["num_roi_voxels"]["ood"] == 2 * 8  # two OOD cases with a 2^3 lesion each
+    rows = {r["case"]: r for r in csv.DictReader((tmp_path / "per_case.csv").open())}
+    assert rows["ood_a"]["group"] == "test_ood" and rows["in_a"]["dice_organ"] == "1.000000"
+    assert np.load(tmp_path / "roi_scores.npz")["is_ood"].sum() == 16
+
+
+def test_calibration_flags_at_most_the_target_fraction_of_inlier_cases(tmp_path):
+    cases = [_case(f"val_{i}", False, float(i)) for i in range(20)]
+    handler = OODCalibrationHandler(str(tmp_path / "calibration.json"), target_fpr=0.1)
+    _run(cases, handler._reset, handler._collect, handler._save)
+    calibration = json.loads((tmp_path / "calibration.json").read_text())
+    scores = np.array(calibration["case_scores"])
+    assert (scores > calibration["threshold"]).mean() <= 0.1
+    assert calibration["num_cases"] == 20 and np.isfinite(calibration["voxel_threshold"])
+
+
+def test_case_writer_flags_against_the_calibrated_threshold(tmp_path):
+    (tmp_path / "calibration.json").write_text(json.dumps({"threshold": 2.5, "voxel_threshold": 1.0}))
+    writer = OODCaseWriter(str(tmp_path / "out"), calibration_path=str(tmp_path / "calibration.json"))
+    _run([_case("low", False, 1.0), _case("high", True, 3.0)], writer._started, writer._collect, writer._write)
+    rows = list(csv.DictReader((tmp_path / "out" / "ood_cases.csv").open()))
+    assert [(r["case"], r["flag"]) for r in rows] == [("high", "1"), ("low", "0")]
