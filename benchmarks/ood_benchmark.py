@@ -235,7 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "machine": machine(),
         "seeds": {"training": SEED, "phantom": phantom["seed"]},
-        "settings": {"max_epochs": args.max_epochs, "overrides": parse_overrides(extra), "dataset": str(dataset)},
+        "settings": {
+            "max_epochs": args.max_epochs,
+            "overrides": parse_overrides(extra),
+            "dataset": str(dataset.relative_to(ROOT)) if dataset.is_relative_to(ROOT) else str(dataset),
+        },
         "classes": list(ours["dice"]),
         "models": results,
         "best_baseline": best,
