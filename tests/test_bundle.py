@@ -42,15 +42,26 @@ def _cli(args: dict) -> list[str]:
     return out
 
 
-def bundle_run(configs: list[str], cwd: Path = REPO, meta: str = "metadata.json", **overrides) -> str:
-    """Run `python -m monai.bundle run` and return its output; fail the test with the output on error."""
+def _run_bundle(configs: list[str], cwd: Path, meta: str, overrides: dict) -> subprocess.CompletedProcess:
     config_arg = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--meta_file", meta, "--config_file", config_arg]
     cmd += ["--logging_file", "configs/logging.conf"] + _cli(overrides)
     env = dict(os.environ, PYTHONPATH=str(cwd), CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def bundle_run(configs: list[str], cwd: Path = REPO, meta: str = "metadata.json", **overrides) -> str:
+    """Run `python -m monai.bundle run` and return its output; fail the test with the output on error."""
+    proc = _run_bundle(configs, cwd, meta, overrides)
+    assert proc.returncode == 0, f"{' '.join(proc.args)}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout + proc.stderr
+
+
+def bundle_run_failing(configs: list[str], **overrides) -> str:
+    """Run `python -m monai.bundle run` from the repository, expect it to fail, return its error output."""
+    proc = _run_bundle(configs, REPO, "metadata.json", overrides)
+    assert proc.returncode != 0, f"{' '.join(proc.args)} succeeded but should have failed"
+    return proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -166,44 +177,29 @@ def test_exported_torchscript_matches_the_checkpoint(trained, tmp_path):
 
 
 def test_bad_inputs_stop_with_a_named_problem(trained, dataset, tmp_path):
-    missing = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--meta_file", "metadata.json"]
-        + ["--config_file", "configs/inference.json", "--dataset_dir", str(dataset)]
-        + ["--ckpt_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "out")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    error = bundle_run_failing(
+        ["configs/inference.json"], dataset_dir=dataset, ckpt_dir=tmp_path / "nowhere", output_dir=tmp_path / "out"
     )
-    assert missing.returncode != 0 and "model checkpoint not found" in missing.stderr
+    assert "model checkpoint not found" in error
     assert not (tmp_path / "out" / "ood_cases.csv").exists()
 
     bad = tmp_path / "bad"
     (bad / "imagesTs").mkdir(parents=True)
     nib.save(nib.Nifti1Image(np.zeros((16, 16), np.int16), np.eye(4)), bad / "imagesTs" / "flat.nii.gz")
-    proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--meta_file", "metadata.json"]
-        + ["--config_file", "configs/inference.json", "--dataset_dir", str(bad)]
-        + ["--ckpt_dir", str(trained / "models"), "--output_dir", str(tmp_path / "out2")]
-        + _cli(TINY),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    error = bundle_run_failing(
+        ["configs/inference.json"],
+        dataset_dir=bad,
+        ckpt_dir=trained / "models",
+        output_dir=tmp_path / "out2",
+        **TINY,
     )
-    assert proc.returncode != 0 and "flat.nii.gz" in proc.stderr and "3D" in proc.stderr
+    assert "flat.nii.gz" in error and "3D" in error
 
     absent = tmp_path / "no_such_dataset"
-    proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--meta_file", "metadata.json"]
-        + ["--config_file", "configs/train.json", "--dataset_dir", str(absent)]
-        + ["--ckpt_dir", str(tmp_path / "models3"), "--output_dir", str(tmp_path / "out3")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    error = bundle_run_failing(
+        ["configs/train.json"], dataset_dir=absent, ckpt_dir=tmp_path / "models3", output_dir=tmp_path / "out3"
     )
-    assert proc.returncode != 0 and f"dataset not found: {absent / 'dataset.json'}" in proc.stderr
+    assert f"dataset not found: {absent / 'dataset.json'}" in error
     assert not absent.exists(), "a user's missing dataset must not be replaced by a generated phantom"
 
 
