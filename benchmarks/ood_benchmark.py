@@ -12,13 +12,21 @@ The models, each a plain layering of the bundle configs:
 
 - ``a_dynunet``: ``configs/train.json`` + ``configs/baseline_dynunet.json`` (per-voxel head, same backbone);
 - ``b_mask_transformer_no_qd``: ``configs/train.json`` with ``--loss#qd_weight 0``;
-- ``c_mask_transformer_qd``: ``configs/train.json`` as shipped.
+- ``c_mask_transformer_qd``: ``configs/train.json`` as shipped;
+- ``d_mask_transformer_qd_dot_product``: ablation of ``c`` with unnormalised embeddings (dot-product affinities
+  instead of cosine ones);
+- ``e_mask_transformer_qd_32_queries``: ablation of ``c`` with twice the queries (8 background, 8 organ,
+  16 tumour).
 
 Run from the bundle root::
 
-    python benchmarks/ood_benchmark.py [--max_epochs N] [--reuse] [--ID VALUE ...]
+    python benchmarks/ood_benchmark.py [--variants NAME ...] [--max_epochs N] [--reuse] [--ID VALUE ...]
 
 Further ``--ID VALUE`` pairs are config overrides applied to every model (e.g. a larger network on a GPU).
+``--parallel`` trains and evaluates the variants side by side, one process each (small models leave a large GPU
+mostly idle); with ``--train_seconds S`` it first times a few epochs of every variant under the same concurrency and
+sets ``max_epochs`` so that training takes about ``S`` seconds. ``--report_only`` rebuilds the report from the
+evaluations in ``--work_dir``.
 Settings are chosen on inlier validation data only; ``test_ood`` is used for reporting, never for tuning.
 """
 
@@ -44,6 +52,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.concurrent_runs import PROBE_EPOCHS, fit_epochs, run_concurrently  # noqa: E402
 from bundle.data import ensure_dataset, load_datalist, ood_label_values  # noqa: E402
 from bundle.scripts.pipeline import parse_overrides  # noqa: E402
 
@@ -51,7 +60,17 @@ VARIANTS: dict[str, dict] = {
     "a_dynunet": {"configs": ["baseline_dynunet.json"], "overrides": {}},
     "b_mask_transformer_no_qd": {"configs": [], "overrides": {"loss#qd_weight": 0.0}},
     "c_mask_transformer_qd": {"configs": [], "overrides": {}},
+    "d_mask_transformer_qd_dot_product": {"configs": [], "overrides": {"network_def#normalize_embeddings": False}},
+    "e_mask_transformer_qd_32_queries": {
+        "configs": [],
+        "overrides": {
+            "network_def#num_queries": 32,
+            "query_groups": "$[[8, [0]], [8, [1]], [16, list(range(2, @num_classes))]]",
+        },
+    },
 }
+DEFAULT_VARIANTS = tuple(name for name in VARIANTS if not name.startswith("e_"))  # e: an optional ablation
+REQUIRED = ("a_dynunet", "c_mask_transformer_qd")
 TARGETS = {"auroc": 0.95, "aupr": 0.60, "fpr95": 0.25, "case_auroc": 0.95}
 SEED = 0
 
@@ -72,24 +91,65 @@ def bundle_run(config_files: list[str], overrides: dict) -> None:
     )
 
 
-def train_and_evaluate(name: str, work: Path, common: dict, max_epochs: int | None, reuse: bool) -> dict:
-    """Train one variant unless its checkpoint is cached, evaluate it; return its metrics and timings."""
+def train_and_evaluate(
+    name: str, work: Path, common: dict, max_epochs: int | None, reuse: bool, train_only: bool = False
+) -> None:
+    """Train one variant unless its checkpoint is cached, evaluate it; write ``timings.json`` beside its outputs."""
     variant = VARIANTS[name]
     overrides = {**common, **variant["overrides"], "ckpt_dir": str(work / name / "models")}
-    timings = {}
-    if not (reuse and (work / name / "models" / "model.pt").is_file()):
+    timings_path = work / name / "timings.json"
+    reused = reuse and (work / name / "models" / "model.pt").is_file()
+    timings = json.loads(timings_path.read_text()) if reused and timings_path.is_file() else {}
+    if not reused:
         start = time.perf_counter()
         train_overrides = {**overrides, "output_dir": str(work / name / "train")}
         if max_epochs is not None:
             train_overrides["train#trainer#max_epochs"] = max_epochs
         bundle_run(["train.json", *variant["configs"]], train_overrides)
-        timings["train_s"] = round(time.perf_counter() - start, 1)
+        timings.update(train_s=round(time.perf_counter() - start, 1), train_machine=machine())
+    if train_only:
+        return
     start = time.perf_counter()
     eval_overrides = {**overrides, "output_dir": str(work / name / "evaluation"), "save_scores": True}
     bundle_run(["train.json", "evaluate.json", *variant["configs"]], eval_overrides)
-    timings["evaluate_s"] = round(time.perf_counter() - start, 1)
-    metrics = json.loads((work / name / "evaluation" / "metrics.json").read_text())
-    return {"metrics": metrics, "timings": timings}
+    timings.update(evaluate_s=round(time.perf_counter() - start, 1), evaluate_machine=machine())
+    timings_path.write_text(json.dumps(timings) + "\n")
+
+
+def load_result(name: str, work: Path) -> dict:
+    """Metrics and timings of an evaluated variant."""
+    metrics_path = work / name / "evaluation" / "metrics.json"
+    if not metrics_path.is_file():
+        raise SystemExit(f"{name}: no evaluation at {metrics_path}; run without --report_only first.")
+    timings_path = work / name / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    return {"metrics": json.loads(metrics_path.read_text()), "timings": timings}
+
+
+def child_command(name: str, args: argparse.Namespace, extra: list[str], **flags) -> list[str]:
+    """This script, for one variant, as a separate process (``flags``: further options, ``None`` values dropped)."""
+    command = [sys.executable, __file__, "--variants", name, "--dataset_dir", args.dataset_dir, "--child"]
+    for key, value in flags.items():
+        if value is True:
+            command.append(f"--{key}")
+        elif value not in (None, False):
+            command += [f"--{key}", str(value)]
+    return command + extra
+
+
+def fit_epochs_to_budget(args: argparse.Namespace, extra: list[str], work: Path, val_interval: int) -> int:
+    """Time a few epochs of every variant side by side; the epochs that fit ``args.train_seconds`` (recorded in
+    ``work/epoch_fit.json``)."""
+    probe_extra = [*extra, "--val_interval", "2"]
+    probes = {
+        name: child_command(name, args, probe_extra, work_dir=work / "probe", max_epochs=PROBE_EPOCHS, train_only=True)
+        for name in args.variants
+    }
+    epochs, seconds_per_epoch = fit_epochs(probes, work / "probe", args.train_seconds, val_interval)
+    epoch_fit = {"train_seconds": args.train_seconds, "epochs": epochs, "seconds_per_epoch": seconds_per_epoch}
+    (work / "epoch_fit.json").write_text(json.dumps(epoch_fit) + "\n")
+    print(f"{epochs} epochs fit {args.train_seconds} s (seconds per epoch: {seconds_per_epoch})")
+    return epochs
 
 
 def best_baseline(results: dict) -> dict[str, float]:
@@ -108,8 +168,11 @@ def best_baseline(results: dict) -> dict[str, float]:
 
 def markdown(report: dict) -> str:
     """The results as markdown tables."""
-    lines = [f"# OOD benchmark\n\nMachine: {report['machine']}. Seeds: {report['seeds']}. Settings: "]
-    lines[-1] += f"`{json.dumps(report['settings'])}`.\n"
+    trained_on = sorted({r["timings"].get("train_machine", "not recorded") for r in report["models"].values()})
+    lines = [
+        f"# OOD benchmark\n\nTrained on: {'; '.join(trained_on)}. Report made on: {report['machine']}. "
+        f"Seeds: {report['seeds']}. Settings: `{json.dumps(report['settings'])}`.\n"
+    ]
     lines.append("| model | score | pixel AUROC | AUPR | FPR95 | case AUROC |")
     lines.append("| --- | --- | --- | --- | --- | --- |")
     for name, result in report["models"].items():
@@ -124,27 +187,29 @@ def markdown(report: dict) -> str:
     for name, result in report["models"].items():
         dice = " | ".join(f"{result['metrics']['dice'][c]:.3f}" for c in report["classes"])
         timings = result["timings"]
-        lines.append(f"| {name} | {dice} | {timings.get('train_s', 'cached')} | {timings['evaluate_s']} |")
+        lines.append(f"| {name} | {dice} | {timings.get('train_s', 'cached')} | {timings.get('evaluate_s', '-')} |")
     lines.append("\nTargets for c with MaxQuery (met?):")
     for key, (value, met) in report["targets"].items():
         lines.append(f"- {key}: {value:.3f} ({'yes' if met else 'no'})")
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(work: Path, out: Path) -> None:
+def plot_curves(names: list[str], work: Path, out: Path) -> None:
     """ROC and precision-recall curves of every score of every model."""
+    styles = {"maxquery": "-", "msp": ":", "entropy": "--", "rba": "-.", "max_logit": (0, (1, 4)), "energy": "-"}
     fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(12, 5))
-    for name in VARIANTS:
+    for colour, name in enumerate(names):
         scores = np.load(work / name / "evaluation" / "roi_scores.npz")
         is_ood = scores["is_ood"]
         for method in scores.files:
             if method == "is_ood" or method in ("energy", "max_logit") and name != "a_dynunet":
                 continue  # with l = log Z these duplicate MSP or are constant
-            style = "-" if method == "maxquery" else ":"
+            line = {"color": f"C{colour}", "linestyle": styles.get(method, ":"), "label": f"{name} {method}"}
+            line["linewidth"] = 2.0 if method == "maxquery" else 1.0
             fpr, tpr, _ = roc_curve(is_ood, scores[method])
             precision, recall, _ = precision_recall_curve(is_ood, scores[method])
-            roc_ax.plot(fpr, tpr, style, label=f"{name} {method}")
-            pr_ax.plot(recall, precision, style, label=f"{name} {method}")
+            roc_ax.plot(fpr, tpr, **line)
+            pr_ax.plot(recall, precision, **line)
     roc_ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="pixel-level ROC (ROI voxels)")
     pr_ax.set(xlabel="recall", ylabel="precision", title="pixel-level precision-recall (OOD positive)")
     pr_ax.legend(fontsize=6)
@@ -157,8 +222,9 @@ def plot_cases(dataset: Path, work: Path, out: Path, common: dict, num_cases: in
     """Image, ground truth, segmentation and MaxQuery map of a few OOD cases, through ``configs/inference.json``."""
     cases = load_datalist(dataset, "test_ood")[:num_cases]
     pred_dir = work / "c_mask_transformer_qd" / "inference"
+    inference_ids = json.loads((ROOT / "configs" / "inference.json").read_text())
     overrides = {
-        **common,
+        **{key: value for key, value in common.items() if key.split("#")[0] in inference_ids},
         "ckpt_dir": str(work / "c_mask_transformer_qd" / "models"),
         "output_dir": str(pred_dir),
         "datalist": [{"image": c["image"]} for c in cases],
@@ -195,18 +261,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset_dir", default=str(ROOT / "data" / "phantom_pancreas"))
     parser.add_argument("--work_dir", default=str(ROOT / "runs" / "ood_benchmark"), help="checkpoints and logs")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmark"), help="where the report goes")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(DEFAULT_VARIANTS))
     parser.add_argument("--max_epochs", type=int, help="training epochs (default: configs/train.json)")
     parser.add_argument("--reuse", action="store_true", help="reuse cached checkpoints in --work_dir")
+    parser.add_argument("--parallel", action="store_true", help="one process per variant, all at once")
+    parser.add_argument("--train_seconds", type=float, help="with --parallel: fit max_epochs to this training time")
+    parser.add_argument("--report_only", action="store_true", help="report the evaluations in --work_dir")
+    parser.add_argument("--train_only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args, extra = parser.parse_known_args(argv)
     started = time.perf_counter()
     phantom = {"task": "pancreas", "seed": 0, "num_train": 24, "num_val": 6, "num_test": 10, "num_ood": 10}
     default_dir = ROOT / "data" / "phantom_pancreas"
     dataset = Path(ensure_dataset(args.dataset_dir, phantom if Path(args.dataset_dir) == default_dir else None))
     work, out = Path(args.work_dir), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    common = {"bundle_root": str(ROOT), "dataset_dir": str(dataset), **parse_overrides(extra)}
+    overrides = parse_overrides(extra)
+    common = {"bundle_root": str(ROOT), "dataset_dir": str(dataset), **overrides}
+    if args.child:
+        for name in args.variants:
+            train_and_evaluate(name, work, common, args.max_epochs, args.reuse, args.train_only)
+        return 0
+    missing = [name for name in REQUIRED if name not in args.variants]
+    if missing:
+        parser.error(f"the report compares against {', '.join(missing)}: add it to --variants.")
+    if args.train_seconds and not args.parallel:
+        parser.error("--train_seconds fits the epochs of concurrent runs: add --parallel.")
 
-    results = {name: train_and_evaluate(name, work, common, args.max_epochs, args.reuse) for name in VARIANTS}
+    if args.train_seconds and not args.report_only:
+        args.max_epochs = fit_epochs_to_budget(args, extra, work, int(overrides.get("val_interval", 5)))
+    elif not (args.report_only or args.reuse):
+        (work / "epoch_fit.json").unlink(missing_ok=True)  # from an earlier run, no longer describes this one
+    if args.parallel and not args.report_only:
+        commands = {
+            name: child_command(name, args, extra, work_dir=work, max_epochs=args.max_epochs, reuse=args.reuse)
+            for name in args.variants
+        }
+        run_concurrently(commands, work)
+    elif not args.report_only:
+        for name in args.variants:
+            train_and_evaluate(name, work, common, args.max_epochs, args.reuse)
+
+    results = {name: load_result(name, work) for name in args.variants}
+    out.mkdir(parents=True, exist_ok=True)
     ours = results["c_mask_transformer_qd"]["metrics"]
     maxquery = {**ours["pixel_ood"]["maxquery"], "case_auroc": ours["case_ood"]["maxquery"]["auroc"]}
     best = best_baseline(results)
@@ -230,14 +326,17 @@ def main(argv: list[str] | None = None) -> int:
     dice_gap = float(np.nanmin([ours["dice"][c] - results["a_dynunet"]["metrics"]["dice"][c] for c in tumour_classes]))
     targets["tumour Dice of c minus a (>= 0)"] = (dice_gap, dice_gap >= 0)
 
-    plot_curves(work, out)
+    epoch_fit_path = work / "epoch_fit.json"
+    plot_curves(args.variants, work, out)
     plot_cases(dataset, work, out, common)
     report = {
         "machine": machine(),
         "seeds": {"training": SEED, "phantom": phantom["seed"]},
         "settings": {
             "max_epochs": args.max_epochs,
-            "overrides": parse_overrides(extra),
+            "parallel": args.parallel,
+            "epoch_fit": json.loads(epoch_fit_path.read_text()) if epoch_fit_path.is_file() else None,
+            "overrides": overrides,
             "dataset": str(dataset.relative_to(ROOT)) if dataset.is_relative_to(ROOT) else str(dataset),
         },
         "classes": list(ours["dice"]),
