@@ -5,7 +5,7 @@ For every voxel inside the region of interest of DESIGN section 4 (ground-truth 
 that query's class logits is the cluster's class. The report gives, per voxel type (background margin, organ,
 inlier tumour, OOD lesion), the share of voxels whose nearest cluster is of each class, and the pixel-level AUROC
 (OOD lesion voxels positive) of the MaxQuery score over all queries and over the queries of each class alone
-(``-max_n R`` over that subset; +inf where a window has no query of the class).
+(``-max_n R`` over that subset; +inf where a window has no query of the class), and the affinity temperature.
 
 MaxQuery separates OOD voxels when they are far from every inlier cluster; this shows where they land instead.
 Run it on a split other than the benchmark's test split, e.g. the OOD validation split made with another seed::
@@ -108,7 +108,13 @@ def diagnose(name: str, dataset_dir: Path, work: Path, overrides: dict, device: 
     auroc = {"all queries": float(roc_auc_score(is_ood, scores[0]))}
     auroc.update({f"{c} queries": float(roc_auc_score(is_ood, scores[1 + k])) for k, c in enumerate(class_names)})
     counts = {type_names[t]: int(np.sum(voxel_types == t)) for t in range(4)}
-    return {"nearest_cluster_share": shares, "maxquery_auroc": auroc, "voxels": counts, "classes": num_classes}
+    return {
+        "nearest_cluster_share": shares,
+        "maxquery_auroc": auroc,
+        "voxels": counts,
+        "classes": num_classes,
+        "temperature": network.head.temperature,
+    }
 
 
 def markdown(results: dict, dataset_dir: Path) -> str:
@@ -117,7 +123,8 @@ def markdown(results: dict, dataset_dir: Path) -> str:
     for name, result in results.items():
         shares = result["nearest_cluster_share"]
         classes = list(next(iter(shares.values())))
-        lines += [f"## {name}\n", "| voxels | count | " + " | ".join(f"nearest: {c}" for c in classes) + " |"]
+        lines += [f"## {name}\n", f"Affinity temperature (learnt): {result['temperature']:.3f}.\n"]
+        lines.append("| voxels | count | " + " | ".join(f"nearest: {c}" for c in classes) + " |")
         lines.append("| --- " * (len(classes) + 2) + "|")
         for kind, row in shares.items():
             values = " | ".join(f"{row[c]:.3f}" for c in classes)

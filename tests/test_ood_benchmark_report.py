@@ -1,0 +1,49 @@
+"""The OOD benchmark's comparison with the best baseline and its markdown report."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.ood_benchmark import best_baseline, markdown
+
+
+def model(pixel: dict[str, tuple[float, float, float]], case: dict[str, float], timings: dict) -> dict:
+    return {
+        "metrics": {
+            "dice": {"pancreas": 0.8, "pdac": 0.1},
+            "pixel_ood": {m: {"auroc": a, "aupr": p, "fpr95": f} for m, (a, p, f) in pixel.items()},
+            "case_ood": {m: {"auroc": v} for m, v in case.items()},
+        },
+        "timings": timings,
+    }
+
+
+RESULTS = {
+    "a_dynunet": model({"msp": (0.70, 0.20, 0.30)}, {"msp": 0.9}, {"train_s": 1.0, "train_machine": "GPU X"}),
+    "c_mask_transformer_qd": model(
+        {"maxquery": (0.99, 0.90, 0.01), "entropy": (0.75, 0.10, 0.50)},
+        {"maxquery": 1.0, "entropy": 0.6},
+        {"train_s": 2.0, "evaluate_s": 3.0, "train_machine": "GPU X"},
+    ),
+}
+
+
+def test_best_baseline_takes_each_metric_from_any_model_but_never_maxquery():
+    best = best_baseline(RESULTS)
+    assert best == pytest.approx({"auroc": 0.75, "aupr": 0.20, "fpr95": 0.30, "case_auroc": 0.9})
+
+
+def test_markdown_reports_every_score_the_training_machine_and_missing_timings():
+    report = {
+        "machine": "CPU Y",
+        "seeds": {"training": 0},
+        "settings": {"max_epochs": 150},
+        "classes": ["pancreas", "pdac"],
+        "models": RESULTS,
+        "targets": {"auroc": (0.99, True), "fpr95": (0.40, False)},
+    }
+    text = markdown(report)
+    assert "Trained on: GPU X. Report made on: CPU Y." in text
+    assert "| c_mask_transformer_qd | maxquery | 0.990 | 0.900 | 0.010 | 1.000 |" in text
+    assert "| a_dynunet | 0.800 | 0.100 | 1.0 | - |" in text  # no evaluation time recorded
+    assert "- auroc: 0.990 (yes)" in text and "- fpr95: 0.400 (no)" in text
