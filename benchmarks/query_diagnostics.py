@@ -12,8 +12,7 @@ Run it on a split other than the benchmark's test split, e.g. the OOD validation
 
     python -m bundle.data.phantom --out data/phantom_pancreas_seed1 --seed 1 --num-train 0 --num-val 6 \\
         --num-test 6 --num-ood 10
-    python benchmarks/query_diagnostics.py --dataset_dir data/phantom_pancreas_seed1 --work_dir runs/gpu \\
-        --variants b_mask_transformer_no_qd c_mask_transformer_qd d_mask_transformer_qd_dot_product
+    python benchmarks/query_diagnostics.py --dataset_dir data/phantom_pancreas_seed1 [--work_dir WORK_DIR]
 
 Checkpoints are read from ``WORK_DIR/NAME/models/model.pt`` (as written by ``benchmarks/ood_benchmark.py``);
 further ``--ID VALUE`` pairs override the configs as they did for training. Where sliding windows overlap, a voxel's
