@@ -23,20 +23,19 @@ TRAINER_EPOCH = re.compile(r"SupervisedTrainer - INFO - Epoch\[(\d+)\] Complete\
 PROBE_EPOCHS = 4
 
 
-def run_concurrently(commands: dict[str, Sequence[str]], work: Path, env: dict | None = None) -> None:
+def run_concurrently(commands: dict[str, Sequence[str]], work: Path) -> None:
     """Run one command per variant at the same time; stop them all and raise, naming it, when one fails.
 
     Args:
         commands: variant name -> command line.
         work: folder; the output of variant ``NAME`` goes to ``work/NAME/log.txt``.
-        env: environment of the processes (default: this one's).
     """
     processes = {}
     for name, command in commands.items():
         log_path = work / name / "log.txt"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = log_path.open("a")  # successive runs (probe, training, re-evaluation) keep their logs
-        processes[name] = (subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, env=env), log)
+        processes[name] = (subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT), log)
     failed = []
     while processes and not failed:
         time.sleep(1.0)
@@ -71,7 +70,7 @@ def epoch_seconds(log_text: str, val_interval: int) -> float:
 
 
 def fit_epochs(
-    probe_commands: dict[str, Sequence[str]], work: Path, seconds: float, val_interval: int, env: dict | None = None
+    probe_commands: dict[str, Sequence[str]], work: Path, seconds: float, val_interval: int
 ) -> tuple[int, dict[str, float]]:
     """Epochs (a multiple of ``val_interval``) that the slowest variant trains in ``seconds`` under concurrency.
 
@@ -80,12 +79,11 @@ def fit_epochs(
         work: folder for the probe runs.
         seconds: training budget of each variant.
         val_interval: validation interval of the real runs.
-        env: environment of the processes.
 
     Returns:
         ``(epochs, seconds_per_epoch)`` with the measured seconds per epoch of every variant.
     """
-    run_concurrently(probe_commands, work, env)
+    run_concurrently(probe_commands, work)
     per_epoch = {
         name: epoch_seconds((work / name / "log.txt").read_text(errors="replace"), val_interval)
         for name in probe_commands

@@ -62,6 +62,7 @@ VARIANTS: dict[str, dict] = {
     "c_mask_transformer_qd": {"configs": [], "overrides": {}},
     "d_mask_transformer_qd_dot_product": {"configs": [], "overrides": {"network_def#normalize_embeddings": False}},
     "e_mask_transformer_qd_32_queries": {
+        "optional": True,  # not in the default set
         "configs": [],
         "overrides": {
             "network_def#num_queries": 32,
@@ -69,7 +70,7 @@ VARIANTS: dict[str, dict] = {
         },
     },
 }
-DEFAULT_VARIANTS = tuple(name for name in VARIANTS if not name.startswith("e_"))  # e: an optional ablation
+DEFAULT_VARIANTS = tuple(name for name, variant in VARIANTS.items() if not variant.get("optional"))
 REQUIRED = ("a_dynunet", "c_mask_transformer_qd")
 TARGETS = {"auroc": 0.95, "aupr": 0.60, "fpr95": 0.25, "case_auroc": 0.95}
 SEED = 0
@@ -288,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--train_seconds fits the epochs of concurrent runs: add --parallel.")
 
     if args.train_seconds and not args.report_only:
-        args.max_epochs = fit_epochs_to_budget(args, extra, work, int(overrides.get("val_interval", 5)))
+        default_interval = json.loads((ROOT / "configs" / "train.json").read_text())["val_interval"]
+        args.max_epochs = fit_epochs_to_budget(args, extra, work, int(overrides.get("val_interval", default_interval)))
     elif not (args.report_only or args.reuse):
         (work / "epoch_fit.json").unlink(missing_ok=True)  # from an earlier run, no longer describes this one
     if args.parallel and not args.report_only:
