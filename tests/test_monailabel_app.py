@@ -6,7 +6,10 @@ initialised checkpoint written by the fixtures, so no shipped model is needed.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,8 +80,7 @@ def make_studies(folder: Path, image_ids: list[str], labelled_ids: tuple[str, ..
     return folder
 
 
-def tiny_network() -> torch.nn.Module:
-    """The inference config's ``network_def`` with :data:`TINY_BUNDLE_OVERRIDES`, randomly initialised (seed 0)."""
+def _inference_parser():
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
@@ -86,15 +88,49 @@ def tiny_network() -> torch.nn.Module:
     parser["bundle_root"] = str(REPO_ROOT)
     for key, value in TINY_BUNDLE_OVERRIDES.items():
         parser[key] = value
+    return parser
+
+
+def tiny_network() -> torch.nn.Module:
+    """The inference config's ``network_def`` with :data:`TINY_BUNDLE_OVERRIDES`, randomly initialised (seed 0)."""
     torch.manual_seed(0)
-    return parser.get_parsed_content("network_def")
+    return _inference_parser().get_parsed_content("network_def")
 
 
-def make_model(folder: Path, case_threshold: float = 0.0, voxel_threshold: float = 0.0) -> Path:
-    """A randomly initialised checkpoint of the tiny network and a calibration JSON next to it."""
+def write_extra_checkpoints(folder: Path) -> None:
+    """Random weights for the other networks the inference config loads from its ``ckpt_dir`` (a cascade's organ
+    localiser, when the config has one), so that inference runs with the tiny model in ``folder``."""
+    parser = _inference_parser()
+    if "localiser_ckpt_path" in parser and "localiser#network_def" in parser:
+        torch.manual_seed(1)
+        localiser = parser.get_parsed_content("localiser#network_def")
+        name = Path(parser.get_parsed_content("localiser_ckpt_path")).name
+        torch.save(localiser.state_dict(), folder / name)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 (hex) of a file."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def make_model(
+    folder: Path, case_threshold: float = 0.0, voxel_threshold: float = 0.0, record_hash: bool = True
+) -> Path:
+    """A randomly initialised checkpoint of the tiny network and a calibration JSON next to it.
+
+    Args:
+        folder: where ``model.pt`` and ``ood_calibration.json`` go.
+        case_threshold: the calibrated case threshold.
+        voxel_threshold: the calibrated voxel threshold.
+        record_hash: record the model's sha256 in the calibration (as training does); ``False`` writes a
+            calibration as older versions did.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(tiny_network().state_dict(), folder / "model.pt")
+    write_extra_checkpoints(folder)
     calibration = {"threshold": case_threshold, "voxel_threshold": voxel_threshold, "target_fpr": 0.05}
+    if record_hash:
+        calibration["model_sha256"] = file_sha256(folder / "model.pt")
     (folder / "ood_calibration.json").write_text(json.dumps(calibration))
     return folder / "model.pt"
 
@@ -211,10 +247,14 @@ def test_info_lists_the_maxquery_tasks(client: TestClient, tiny_model: Path) -> 
     assert set(info["strategies"]) == {"maxquery_ood", "random"}
     assert set(info["trainers"]) == {"maxquery"}
     assert info["trainers"]["maxquery"]["config"]["max_epochs"] >= 1
-    assert info["maxquery"]["model_path"] == str(tiny_model)
+    assert info["maxquery"]["model_file"] == "model.pt"
     assert info["maxquery"]["model_available"] is True
+    assert info["maxquery"]["model_sha256"] == file_sha256(tiny_model)
+    assert info["maxquery"]["calibration_verified"] is True
     assert info["maxquery"]["ood_threshold"] == 0.0
     assert info["maxquery"]["ood_voxel_threshold"] == 0.0
+    assert info["maxquery"]["save_predictions"] is False
+    assert str(tiny_model.parent) not in response.text, "/info/ must not show server paths"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -304,11 +344,72 @@ def test_missing_model_is_reported_and_the_server_still_serves(studies: Path, tm
 
         response = client.post("/infer/maxquery", params={"image": "case_a"})
         assert response.status_code == 503
-        assert str(missing) in response.json()["detail"]
+        assert "model.pt" in response.json()["detail"]
+        assert str(missing.parent) not in response.text, "the answer must not show server paths"
 
         scoring = client.post("/scoring/maxquery_ood", params={"run_sync": True})
         assert scoring.status_code == 503
-        assert str(missing) in scoring.json()["detail"]
+        assert "model.pt" in scoring.json()["detail"]
+
+
+def test_predictions_are_kept_only_under_their_own_tag_and_only_when_allowed(tmp_path: Path, tiny_model) -> None:
+    studies = make_studies(tmp_path / "studies", ["case_a", "case_b"], labelled_ids=("case_a",))
+    final = studies / "labels" / "final" / "case_a.nii.gz"
+    final_bytes = final.read_bytes()
+    with monailabel_client(studies, app_conf(tiny_model)) as client:
+        refused = client.post("/infer/maxquery", params={"image": "case_a"}, data={"params": '{"save_label": true}'})
+        assert refused.status_code == 403 and "save_predictions" in refused.json()["detail"]
+    with monailabel_client(studies, app_conf(tiny_model, save_predictions="true")) as client:
+        into_final = {"save_label": True, "label_tag": "final"}
+        refused = client.post("/infer/maxquery", params={"image": "case_a"}, data={"params": json.dumps(into_final)})
+        assert refused.status_code == 422 and "label_tag" in refused.json()["detail"]
+        label, _, _ = infer(client, tmp_path, "case_a", save_label=True)
+        kept = studies / "labels" / "maxquery_prediction" / "case_a.nii.gz"
+        np.testing.assert_array_equal(np.asanyarray(nib.load(str(kept)).dataobj), label)
+        assert final.read_bytes() == final_bytes, "the annotator's final label is untouched"
+        info = client.get("/datastore/label/info", params={"label": "case_a", "tag": "maxquery_prediction"}).json()
+        assert info["model"] == "maxquery"
+        assert client.get("/datastore/", params={"output": "train"}).json()[0]["label"] == str(final)
+
+
+def test_batch_inference_keeps_predictions_under_their_own_tag_only(tmp_path: Path, tiny_model) -> None:
+    studies = make_studies(tmp_path / "studies", ["case_a", "case_b", "case_c"], labelled_ids=("case_a",))
+    final = studies / "labels" / "final" / "case_a.nii.gz"
+    final_bytes = final.read_bytes()
+    query = {"images": "all", "run_sync": True}
+    with monailabel_client(studies, app_conf(tiny_model)) as client:
+        assert client.post("/batch/infer/maxquery", params=query, json={"device": "cpu"}).status_code == 403
+    with monailabel_client(studies, app_conf(tiny_model, save_predictions="true")) as client:
+        into_final = client.post("/batch/infer/maxquery", params=query, json={"label_tag": "final"})
+        assert into_final.status_code == 422 and "label_tag" in into_final.json()["detail"]
+        response = client.post("/batch/infer/maxquery", params=query, json={"device": "cpu", "multi_gpu": False})
+        assert response.status_code == 200, response.text
+        kept = sorted(p.name for p in (studies / "labels" / "maxquery_prediction").iterdir())
+        assert kept == ["case_a.nii.gz", "case_b.nii.gz", "case_c.nii.gz"]
+        assert final.read_bytes() == final_bytes
+        assert sorted(p.name for p in (studies / "labels" / "final").iterdir()) == ["case_a.nii.gz"]
+
+
+def test_a_calibration_of_another_model_is_refused(tmp_path: Path, studies: Path) -> None:
+    model_path = make_model(tmp_path / "model", case_threshold=0.0)
+    calibration_path = model_path.parent / "ood_calibration.json"
+    calibration = json.loads(calibration_path.read_text())
+    calibration["model_sha256"] = "0" * 64
+    calibration_path.write_text(json.dumps(calibration))
+    with monailabel_client(studies, app_conf(model_path)) as client:
+        _, _, params = infer(client, tmp_path, "case_b")
+        assert params["ood_flag"] is None and params["ood_threshold"] is None
+        assert "another model" in params["ood_warning"]
+        assert client.get("/info/").json()["maxquery"]["calibration_verified"] is False
+
+
+def test_a_calibration_without_a_model_hash_is_still_used(tmp_path: Path, studies: Path) -> None:
+    model_path = make_model(tmp_path / "model", case_threshold=0.0, record_hash=False)
+    with monailabel_client(studies, app_conf(model_path)) as client:
+        _, _, params = infer(client, tmp_path, "case_b")
+        assert params["ood_threshold"] == 0.0 and isinstance(params["ood_flag"], bool)
+        info = client.get("/info/").json()["maxquery"]
+        assert info["calibration_verified"] is False and info["ood_threshold"] == 0.0
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -482,40 +583,114 @@ def test_training_needs_usable_labels_and_valid_options(tmp_path: Path, tiny_mod
         assert "max_epochs" in bad_epochs.json()["detail"]
 
 
-@pytest.mark.slow
-def test_training_fine_tunes_recalibrates_and_publishes_the_model(tmp_path: Path) -> None:
-    model_path = make_model(tmp_path / "model")
-    old_weights = model_path.read_bytes()
+def _training_studies(tmp_path: Path) -> Path:
+    """Four images: two inlier final labels, one label holding the suspected-OOD value, one unlabelled image."""
     studies = make_studies(
         tmp_path / "studies", ["case_a", "case_b", "case_c", "case_ood"], labelled_ids=("case_a", "case_b", "case_ood")
     )
     _, ood_label = synthetic_case(3)
     ood_label[ood_label == 2] = OOD_LABEL_VALUE
     write_nifti(studies / "labels" / "final" / "case_ood.nii.gz", ood_label)
+    return studies
+
+
+def _trainer():
+    """The app instance's trainer (the app's modules are imported by MONAI Label from the app folder)."""
+    from monailabel.interfaces.utils.app import app_instance
+
+    return app_instance()._trainers["maxquery"]
+
+
+@pytest.mark.slow
+def test_forced_training_publishes_recalibrates_and_keeps_a_backup(tmp_path: Path) -> None:
+    model_path = make_model(tmp_path / "model")
+    calibration_path = model_path.parent / "ood_calibration.json"
+    old_weights, old_calibration = model_path.read_bytes(), calibration_path.read_bytes()
+    studies = _training_studies(tmp_path)
 
     with monailabel_client(studies, app_conf(model_path)) as client:
-        response = client.post("/train/maxquery", params={"run_sync": True}, json={"max_epochs": 1})
+        response = client.post("/train/maxquery", params={"run_sync": True}, json={"max_epochs": 1, "force": True})
         assert response.status_code == 200, response.text
         summary = response.json()
 
+        assert summary["published"] is True and summary["forced"] is True
         assert set(summary["excluded_cases"]) == {"case_ood"}
         assert sorted(summary["train_cases"] + summary["val_cases"]) == ["case_a", "case_b"]
-        assert summary["started_from"] == str(model_path)
+        assert summary["started_from"] == "model.pt"
         assert model_path.read_bytes() != old_weights
+        assert summary["model_sha256"] == file_sha256(model_path)
         assert not [p for p in model_path.parent.iterdir() if p.name.startswith(".")], "staging files left behind"
 
-        calibration_path = model_path.parent / "ood_calibration.json"
         if summary["calibration_error"] is None:
             stored = json.loads(calibration_path.read_text())
             assert stored["threshold"] == pytest.approx(summary["calibration"]["threshold"])
             assert stored["voxel_threshold"] == pytest.approx(summary["calibration"]["voxel_threshold"])
+            assert stored["model_sha256"] == file_sha256(model_path), "the calibration names its model"
         else:
             assert not calibration_path.exists(), "a calibration of the previous model must not be kept"
 
+        backup = model_path.parent / "model_backups" / summary["backup"]
+        assert (backup / "model.pt").read_bytes() == old_weights
+        assert (backup / "ood_calibration.json").read_bytes() == old_calibration
+
         info = client.get("/info/").json()
         assert info["train_stats"]["maxquery"]["model_version"] == summary["model_version"]
+        assert summary["backup"] in info["maxquery"]["backups"]
         _, _, params = infer(client, tmp_path, "case_c")
         assert params["model_version"] == summary["model_version"]
+
+        # the documented way back: the restore command puts the previous model and its calibration back
+        restored = subprocess.run(
+            [sys.executable, str(APP_DIR / "restore_model.py"), "--model_path", str(model_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert restored.returncode == 0, restored.stderr
+        assert model_path.read_bytes() == old_weights
+        assert calibration_path.read_bytes() == old_calibration
+        _, _, params = infer(client, tmp_path, "case_c")
+        assert params["model_version"] == file_sha256(model_path)[:16]
+        assert params["ood_threshold"] == 0.0, "the restored model is served with its own calibration"
+
+
+@pytest.mark.slow
+def test_training_keeps_the_current_model_unless_the_new_one_scores_higher(tmp_path: Path) -> None:
+    model_path = make_model(tmp_path / "model")
+    calibration_path = model_path.parent / "ood_calibration.json"
+    old_weights, old_calibration = model_path.read_bytes(), calibration_path.read_bytes()
+    studies = _training_studies(tmp_path)
+
+    with monailabel_client(studies, app_conf(model_path)) as client:
+        assert client.get("/info/").status_code == 200
+        trainer = _trainer()
+        measured = []
+        real_score = trainer.current_score
+
+        def perfect_current_model(*args):
+            measured.append(real_score(*args))
+            return 1.0
+
+        trainer.current_score = perfect_current_model
+        response = client.post("/train/maxquery", params={"run_sync": True}, json={"max_epochs": 1})
+        assert response.status_code == 200, response.text
+        summary = response.json()
+        assert summary["published"] is False, summary
+        assert "not published" in summary["reason"]
+        assert summary["current_val_mean_dice"] == 1.0
+        assert measured and np.isfinite(measured[0]), "the current model is scored on the validation cases"
+        assert model_path.read_bytes() == old_weights
+        assert calibration_path.read_bytes() == old_calibration
+        assert not (model_path.parent / "model_backups").exists()
+        assert client.get("/info/").json()["train_stats"]["maxquery"]["published"] is False
+
+        # without the stand-in, the decision follows the two measured scores
+        trainer.current_score = real_score
+        summary = client.post("/train/maxquery", params={"run_sync": True}, json={"max_epochs": 1}).json()
+        current, best = summary["current_val_mean_dice"], summary["best_val_mean_dice"]
+        assert isinstance(current, float)
+        assert summary["published"] is (best is not None and best > current)
+        assert (model_path.read_bytes() != old_weights) is summary["published"]
 
 
 def test_infer_result_in_nrrd_keeps_the_image_geometry(client: TestClient, studies: Path, tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -37,12 +38,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server_command(studies: Path, model_path: Path, port: int) -> list[str]:
-    """``monailabel start_server ...`` (the installed command, else the same module through this Python)."""
+def start_server_command(
+    studies: Path, model_path: Path, port: int, conf: Mapping[str, str] | None = None
+) -> list[str]:
+    """``monailabel start_server ...`` (the installed command, else the same module through this Python).
+
+    Args:
+        studies: the studies folder.
+        model_path: the model file.
+        port: the port on 127.0.0.1.
+        conf: further ``--conf`` options of the app.
+    """
     executable = shutil.which("monailabel")
     command = [executable] if executable else [sys.executable, "-m", "monailabel.main"]
     # The monailabel shell wrapper splits arguments on spaces, so the JSON option has none.
     overrides = json.dumps(TINY_BUNDLE_OVERRIDES, separators=(",", ":"))
+    extra = [item for key, value in (conf or {}).items() for item in ("--conf", key, value)]
     return [
         *command,
         "start_server",
@@ -63,6 +74,7 @@ def start_server_command(studies: Path, model_path: Path, port: int) -> list[str
         "--conf",
         "bundle_overrides",
         overrides,
+        *extra,
     ]
 
 
@@ -77,24 +89,45 @@ def wait_for(condition: Callable[[], object], timeout_s: float, what: str, poll_
     pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[httpx.Client, Path, Path]]:
-    """A running server on three studies (two with final labels) and the tiny model; stopped afterwards."""
-    studies = make_studies(tmp_path / "studies", ["case_a", "case_b", "case_c"], labelled_ids=("case_a", "case_b"))
-    model_path = make_model(tmp_path / "model")
+@contextmanager
+def running_server(
+    workdir: Path,
+    studies: Path,
+    model_path: Path,
+    conf: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+    ready_path: str = "/info/",
+) -> Iterator[tuple[httpx.Client, subprocess.Popen]]:
+    """A ``monailabel start_server`` process on a free port of 127.0.0.1, started in ``workdir``; stopped after.
+
+    Args:
+        workdir: the server's working folder (its log is ``workdir/server.log``, printed when the body fails).
+        studies: the studies folder.
+        model_path: the model file.
+        conf: further ``--conf`` options of the app.
+        env: further environment variables (MONAI Label settings).
+        ready_path: the path that answers 200 once the server is up.
+
+    Yields:
+        the HTTP client and the process.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = {
-        **os.environ,
-        "MONAILABEL_PYEXE": sys.executable,
-        "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
-        "MONAI_LABEL_SESSIONS": "false",
-    }
-    log_path = tmp_path / "server.log"
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MONAI_LABEL_")}
+    environment.update(
+        {
+            "MONAILABEL_PYEXE": sys.executable,
+            "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+            "MONAI_LABEL_SESSIONS": "false",
+            **(env or {}),
+        }
+    )
+    log_path = workdir / "server.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            start_server_command(studies, model_path, port),
-            cwd=tmp_path,
-            env=env,
+            start_server_command(studies, model_path, port, conf),
+            cwd=workdir,
+            env=environment,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -105,13 +138,13 @@ def server(tmp_path: Path) -> Iterator[tuple[httpx.Client, Path, Path]]:
         if process.poll() is not None:
             pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
         try:
-            return client.get("/info/").status_code == 200
+            return client.get(ready_path).status_code == 200
         except httpx.TransportError:
             return False
 
     try:
-        wait_for(ready, SERVER_START_TIMEOUT_S, "the server to answer /info/")
-        yield client, studies, model_path
+        wait_for(ready, SERVER_START_TIMEOUT_S, f"the server to answer {ready_path}")
+        yield client, process
     except BaseException:
         print(log_path.read_text()[-6000:])
         raise
@@ -123,6 +156,15 @@ def server(tmp_path: Path) -> Iterator[tuple[httpx.Client, Path, Path]]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=30)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[httpx.Client, Path, Path]]:
+    """A running server on three studies (two with final labels) and the tiny model; stopped afterwards."""
+    studies = make_studies(tmp_path / "studies", ["case_a", "case_b", "case_c"], labelled_ids=("case_a", "case_b"))
+    model_path = make_model(tmp_path / "model")
+    with running_server(tmp_path, studies, model_path) as (client, _):
+        yield client, studies, model_path
 
 
 def wait_for_task(client: httpx.Client, kind: str, task_id: str) -> dict:
@@ -183,14 +225,17 @@ def test_server_infers_scores_samples_saves_labels_and_trains(server, tmp_path: 
     assert (studies / "labels" / "final" / "case_c.nii.gz").read_bytes() == good.read_bytes()
     assert client.post("/activelearning/maxquery_ood", json={}).json() == {}
 
-    # one epoch of training in the background; the server then infers with the new model
+    # one epoch of training in the background, published by request whatever its score; the server then infers
+    # with the new model, and the previous one is kept as a backup
     old_weights = model_path.read_bytes()
-    task = client.post("/train/maxquery", json={"max_epochs": 1}).json()
+    task = client.post("/train/maxquery", json={"max_epochs": 1, "force": True}).json()
     record = wait_for_task(client, "train", task["id"])
     assert record["status"] == "DONE", record
     assert model_path.read_bytes() != old_weights
     stats = client.get("/info/").json()["train_stats"]["maxquery"]
+    assert stats["published"] is True, stats
     assert sorted(stats["train_cases"] + stats["val_cases"]) == ["case_a", "case_b", "case_c"]
+    assert (model_path.parent / "model_backups" / stats["backup"] / "model.pt").read_bytes() == old_weights
     params = client.post("/infer/maxquery", params={"image": "case_c", "output": "json"}).json()
     assert params["model_version"] == stats["model_version"]
     assert np.isfinite(params["ood_score"])

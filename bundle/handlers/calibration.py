@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from monai.utils import min_version, optional_import
 
-from bundle.ood.calibration import calibrate_threshold, save_calibration
+from bundle.ood.calibration import MODEL_HASH_KEY, calibrate_threshold, file_sha256, save_calibration
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
@@ -29,6 +29,9 @@ class OODCalibrationHandler:
     - ``voxel_threshold``: the anomaly value above which a voxel of the predicted organ/lesion region is marked
       "suspected OOD", chosen so that a fraction ``voxel_target_fpr`` of inlier foreground voxels would be marked.
 
+    The calibration also records ``model_sha256``, the sha256 of the model file it was calibrated for, so that a
+    model is never used with the thresholds of another one.
+
     Only inlier data may reach this handler: OOD cases are never used for model selection or calibration.
 
     Args:
@@ -39,6 +42,9 @@ class OODCalibrationHandler:
         ood_key: key of the anomaly map per item.
         score_key: key of the case score per item.
         max_voxels_per_case: foreground voxels sampled per case for the voxel threshold (a fixed-seed sample).
+        model_path: the model file being calibrated, whose hash is recorded; by default ``model.pt`` next to
+            ``save_path`` (where the bundle's configs keep the checkpoint and its calibration). Without such a file
+            no hash is recorded, and a warning says so.
     """
 
     def __init__(
@@ -50,8 +56,10 @@ class OODCalibrationHandler:
         ood_key: str = "ood",
         score_key: str = "ood_score",
         max_voxels_per_case: int = 200_000,
+        model_path: str | None = None,
     ) -> None:
         self.save_path = Path(save_path)
+        self.model_path = Path(model_path) if model_path else self.save_path.with_name("model.pt")
         self.target_fpr = target_fpr
         self.voxel_target_fpr = voxel_target_fpr
         self.pred_key = pred_key
@@ -112,6 +120,10 @@ class OODCalibrationHandler:
             "cases_without_foreground": self.cases_without_foreground,
             "case_scores": sorted(self.case_scores),
         }
+        if self.model_path.is_file():
+            calibration[MODEL_HASH_KEY] = file_sha256(self.model_path)
+        else:
+            logger.warning("model file %s not found: the calibration records no model hash.", self.model_path)
         save_calibration(self.save_path, calibration)
         logger.info(
             "OOD calibration on %d inlier validation case(s): case threshold %.4f, voxel threshold %.4f -> %s",

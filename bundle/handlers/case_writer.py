@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 class OODCaseWriter:
-    """Collect each case's OOD score and write ``case,score,flag`` rows when the run completes.
+    """Collect each case's OOD score and write ``case,score,flag,message`` rows when the run completes.
 
     The flag is ``score > threshold``, the case threshold calibrated on inlier validation data and stored next to
     the model (``ood_calibration.json``). Without a calibration file the flag column is left empty and a warning
@@ -36,6 +36,8 @@ class OODCaseWriter:
         score_key: key of the case score in each post-processed item.
         filename: name of the CSV.
         threshold: explicit case threshold overriding the calibration file.
+        region_key: key of the organ region found by the cascade's localiser; its message (e.g. no organ found)
+            goes to the ``message`` column.
     """
 
     def __init__(
@@ -45,12 +47,14 @@ class OODCaseWriter:
         score_key: str = "ood_score",
         filename: str = "ood_cases.csv",
         threshold: float | None = None,
+        region_key: str | None = "organ_region",
     ) -> None:
         self.path = Path(output_dir) / filename
         self.calibration_path = calibration_path
         self.score_key = score_key
         self.threshold = threshold
-        self.rows: list[tuple[str, float]] = []
+        self.region_key = region_key
+        self.rows: list[tuple[str, float, str]] = []
 
     def attach(self, engine: Engine) -> None:
         """Register with the engine's iteration and completion events."""
@@ -75,15 +79,17 @@ class OODCaseWriter:
                 raise KeyError(f"post-processing did not produce '{self.score_key}' (keys: {sorted(item)}).")
             score = item[self.score_key]
             score = float(score.item() if isinstance(score, torch.Tensor) else score)
-            self.rows.append((case_name(item, batch_item), score))
+            region = item.get(self.region_key) if self.region_key is not None else None
+            message = str(region.get("message", "")) if isinstance(region, dict) else ""
+            self.rows.append((case_name(item, batch_item), score, message))
 
     def _write(self, engine: Engine) -> None:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["case", "score", "flag"])
-        for name, score in sorted(self.rows):
+        writer.writerow(["case", "score", "flag", "message"])
+        for name, score, message in sorted(self.rows):
             flag = "" if self.threshold is None or math.isnan(score) else int(score > self.threshold)
-            writer.writerow([name, f"{score:.6f}", flag])
+            writer.writerow([name, f"{score:.6f}", flag, message])
         atomic_write_text(self.path, buffer.getvalue())
-        flagged = sum(1 for _, s in self.rows if self.threshold is not None and s > self.threshold)
+        flagged = sum(1 for _, s, _ in self.rows if self.threshold is not None and s > self.threshold)
         logger.info("wrote %s: %d case(s), %d flagged as OOD.", self.path, len(self.rows), flagged)

@@ -65,8 +65,11 @@ class OODEvaluationHandler:
         case_group_key: batch key with 1 for OOD cases, 0 for inlier cases.
         metrics_filename: name of the JSON summary.
         per_case_filename: name of the per-case CSV.
-        save_scores: also write ``roi_scores.npz``: the pooled ROI voxel scores of every method and the OOD mask,
-            for ROC and precision-recall curves.
+        save_scores: also write ``roi_scores.npz``: the pooled ROI voxel scores of every method and the OOD mask
+            ``is_ood``, for ROC and precision-recall curves, with ``case_index`` (int32, the case each voxel comes
+            from, numbering the cases in the order they were evaluated) and ``case_names`` / ``case_groups`` (the
+            name and ``test`` / ``test_ood`` group of each numbered case), for case-level bootstrap intervals
+            (:mod:`bundle.metrics.bootstrap`).
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class OODEvaluationHandler:
         self.cases: list[dict] = []
         self.roi_scores: dict[str, list[np.ndarray]] = {m: [] for m in self.methods}
         self.roi_is_ood: list[np.ndarray] = []
+        self.roi_sizes: list[int] = []
         self.metrics: dict = {}
 
     def attach(self, engine: Engine) -> None:
@@ -154,6 +158,7 @@ class OODEvaluationHandler:
                 self.roi_scores[method].append(values[roi].numpy().astype(np.float32))
                 record[f"score_{method}"] = case_ood_score(values, foreground, top_k_fraction=self.top_k_fraction)
             self.roi_is_ood.append(is_ood_voxel[roi].numpy())
+            self.roi_sizes.append(int(roi.sum()))
             self.cases.append(record)
 
     def compute(self) -> dict:
@@ -201,6 +206,10 @@ class OODEvaluationHandler:
         if self.save_scores:
             arrays = {m: np.concatenate(v) for m, v in self.roi_scores.items() if v}
             arrays["is_ood"] = np.concatenate(self.roi_is_ood)
+            arrays["case_index"] = np.repeat(np.arange(len(self.cases), dtype=np.int32), self.roi_sizes)
+            # fixed-width unicode (not object) arrays, so that np.load needs no pickle to read them
+            arrays["case_names"] = np.array([c["case"] for c in self.cases], dtype=str)
+            arrays["case_groups"] = np.array([c["group"] for c in self.cases], dtype=str)
             atomic_write(self.output_dir / "roi_scores.npz", lambda handle: np.savez_compressed(handle, **arrays))
         logger.info("evaluation written to %s\n%s", self.output_dir, format_metrics_table(self.metrics))
 

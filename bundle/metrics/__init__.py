@@ -1,7 +1,33 @@
-"""Metrics: pixel-level OOD localisation and case-level OOD detection."""
+"""Metrics: pixel-level OOD localisation, case-level OOD detection and case-bootstrap confidence intervals."""
 
 from __future__ import annotations
 
+from .bootstrap import (
+    ScoreHistograms,
+    bootstrap_case_auroc,
+    bootstrap_evaluation,
+    bootstrap_mean,
+    bootstrap_pixel_metrics,
+    case_weights,
+    histogram_metrics,
+    percentile_interval,
+)
 from .ood import ball, case_auroc, case_ood_metrics, fpr_at_tpr, ood_mask, pixel_ood_metrics, roi_mask
 
-__all__ = ["ball", "case_auroc", "case_ood_metrics", "fpr_at_tpr", "ood_mask", "pixel_ood_metrics", "roi_mask"]
+__all__ = [
+    "ScoreHistograms",
+    "ball",
+    "bootstrap_case_auroc",
+    "bootstrap_evaluation",
+    "bootstrap_mean",
+    "bootstrap_pixel_metrics",
+    "case_auroc",
+    "case_ood_metrics",
+    "case_weights",
+    "fpr_at_tpr",
+    "histogram_metrics",
+    "ood_mask",
+    "percentile_interval",
+    "pixel_ood_metrics",
+    "roi_mask",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .backbone import DynUNetBackbone
+from .checkpoint import load_weights
 from .heads import MLP, MaskClassificationHead, to_channel_first
 from .mask_transformer import MaskTransformer, split_prediction
 from .position_encoding import SinePositionalEncoding
@@ -17,6 +18,7 @@ __all__ = [
     "QueryDecoderLayer",
     "QueryTransformerDecoder",
     "SinePositionalEncoding",
+    "load_weights",
     "split_prediction",
     "to_channel_first",
 ]

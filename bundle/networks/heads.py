@@ -73,6 +73,9 @@ class MaskClassificationHead(nn.Module):
             ``[0.01, 100]``.
         class_mlp_layers: linear layers of the classification MLP.
         mask_mlp_layers: linear layers of the centre (mask-embedding) MLP.
+        query_classes: the class of every query (length ``N``). When given, each query's class is fixed
+            (``S`` is one-hot; no classification MLP is built), so every inlier class keeps cluster centres of its
+            own; see :class:`~bundle.networks.MaskTransformer`.
     """
 
     def __init__(
@@ -83,13 +86,27 @@ class MaskClassificationHead(nn.Module):
         temperature: float | None = None,
         class_mlp_layers: int = 2,
         mask_mlp_layers: int = 3,
+        query_classes: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background + at least one class), got {num_classes}.")
         if temperature is not None and temperature <= 0:
             raise ValueError(f"temperature must be positive or None (learnable), got {temperature}.")
-        self.class_mlp = MLP(embed_dim, embed_dim, num_classes, class_mlp_layers)
+        if query_classes is None:
+            self.class_mlp: MLP | None = MLP(embed_dim, embed_dim, num_classes, class_mlp_layers)
+        else:
+            query_classes = [int(c) for c in query_classes]
+            if any(not 0 <= c < num_classes for c in query_classes) or set(query_classes) != set(range(num_classes)):
+                raise ValueError(
+                    f"query_classes must name every class 0..{num_classes - 1} at least once, got {query_classes}."
+                )
+            self.class_mlp = None
+            # exp(-1e4) is exactly 0 in float32: the softmax over these logits is the one-hot class of each query
+            fixed = torch.full((len(query_classes), num_classes), -1e4)
+            fixed[torch.arange(len(query_classes)), torch.tensor(query_classes)] = 0.0
+            self.register_buffer("fixed_class_logits", fixed, persistent=False)
+        self.query_classes = query_classes
         self.mask_mlp = MLP(embed_dim, embed_dim, embed_dim, mask_mlp_layers)
         self.normalize_embeddings = normalize_embeddings
         self.num_classes = num_classes
@@ -140,7 +157,12 @@ class MaskClassificationHead(nn.Module):
             queries = queries.unsqueeze(1)
         b, n_layers, n_queries, _ = queries.shape
         centres = self.mask_mlp(queries)
-        logits = self.class_mlp(queries).float()
+        if self.class_mlp is None:
+            if n_queries != self.fixed_class_logits.shape[0]:
+                raise ValueError(f"got {n_queries} queries but query_classes names {self.fixed_class_logits.shape[0]}.")
+            logits = self.fixed_class_logits.expand(b, n_layers, -1, -1)
+        else:
+            logits = self.class_mlp(queries).float()
         with torch.autocast(device_type=pixels.device.type, enabled=False):
             centres = centres.float()
             if self.normalize_embeddings:
@@ -179,6 +201,27 @@ class MaskClassificationHead(nn.Module):
         if single:
             return query_probs[:, :, 0], seg[:, :, 0]
         return query_probs, seg
+
+    @staticmethod
+    def evidence_logits(affinity: torch.Tensor, class_logits: torch.Tensor) -> torch.Tensor:
+        """Per-class logits ``l_k = log sum_n exp(R_n) S_nk``, whose softmax over ``k`` is exactly ``Z``.
+
+        ``exp(R_n)`` is the unnormalised evidence that a voxel belongs to cluster ``n``; ``l_k`` pools it over the
+        clusters of class ``k`` (with fixed query classes: a log-sum-exp over the class's own queries). So
+        ``-max_k l_k`` (MaxLogit) and ``-logsumexp_k l_k = -logsumexp_n R_n`` (Energy) are scores of the
+        unnormalised affinities, real rivals of MaxQuery's ``-max_n R_n``, where ``l = log Z`` would make Energy
+        identically 0 and MaxLogit a monotone function of MSP.
+
+        Args:
+            affinity: ``(B, V, N)`` affinities ``R``.
+            class_logits: ``(B, N, K)`` class logits.
+
+        Returns:
+            ``(B, V, K)`` float32.
+        """
+        with torch.autocast(device_type=affinity.device.type, enabled=False):
+            log_s = torch.log_softmax(class_logits.float(), dim=-1)  # (B, N, K)
+            return torch.logsumexp(affinity.float()[..., None] + log_s[:, None], dim=2)
 
     @staticmethod
     def anomaly(affinity: torch.Tensor) -> torch.Tensor:

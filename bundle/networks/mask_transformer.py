@@ -44,7 +44,8 @@ class MaskTransformer(nn.Module):
 
     Output (like ``DynUNet``, it depends on ``self.training``):
 
-    - eval: one tensor ``(B, K+1, *spatial)`` = ``cat[Z, A]`` (use :func:`split_prediction`), so that
+    - eval: one tensor ``(B, K+1, *spatial)`` = ``cat[Z, A]`` (or ``cat[l, A]`` with ``eval_output="logits"``; use
+      :func:`split_prediction`), so that
       ``SlidingWindowInferer``, ``torch.jit.trace`` and bundle export work unchanged;
     - train: a dict with ``"pred"`` Z ``(B, K, ...)``, ``"ood"`` A ``(B, 1, ...)``, ``"query_probs"`` M
       ``(B, N, ...)`` of the last layer and, with ``deep_supervision``, ``"aux_{i}_pred"`` and
@@ -62,7 +63,15 @@ class MaskTransformer(nn.Module):
         strides: DynUNet stride per level; input sizes must be divisible by their product.
         filters: DynUNet channels per level.
         upsample_kernel_size: DynUNet transposed-convolution kernels; ``strides[1:]`` by default.
-        num_queries: number of queries ``N``.
+        num_queries: number of queries ``N``; derived from ``queries_per_class`` when that is given.
+        queries_per_class: ``[n_0, ..., n_{K-1}]``: fix the class of every query, the first ``n_0`` to class 0, the
+            next ``n_1`` to class 1, ... (``S`` one-hot, no classification MLP). A free classification head lets all
+            the tumour queries settle on one shared mix of tumour classes (then one tumour type can never win the
+            argmax of ``Z``); with fixed classes every inlier class has cluster centres of its own, as in
+            Mask2Former / kMaX-DeepLab after matching, but without a matching step: the class of a centre is given
+            by its group, the way the QD loss already assigns regions to query groups. ``Z_k`` is then the
+            assignment mass of the class-``k`` queries, and ``log Z_k + logsumexp_n R_n = logsumexp_{n in k} R_n``
+            is a real per-class logit.
         embed_dim: width ``D`` of the transformer, the centres and the voxel embedding.
         num_layers: decoder layers ``L``.
         num_heads: attention heads.
@@ -74,6 +83,9 @@ class MaskTransformer(nn.Module):
         normalize_embeddings: L2-normalise centres and voxel embeddings (cosine affinities).
         temperature: affinity temperature; ``None`` = learnable (see :class:`MaskClassificationHead`).
         deep_supervision: return the predictions of every decoder layer in training mode.
+        eval_output: the class channels of the evaluation output: ``"probabilities"`` (``Z``) or ``"logits"``
+            (``l_k = log sum_n exp(R_n) S_nk``, with ``softmax_k(l) = Z``; see
+            :meth:`~bundle.networks.heads.MaskClassificationHead.evidence_logits`), for logit-based OOD baselines.
         norm_name: backbone normalisation.
         act_name: backbone activation.
         res_block: residual backbone blocks.
@@ -88,7 +100,8 @@ class MaskTransformer(nn.Module):
         strides: Sequence[Sequence[int] | int] = (1, 2, 2, 2, 2),
         filters: Sequence[int] | None = (32, 64, 128, 256, 320),
         upsample_kernel_size: Sequence[Sequence[int] | int] | None = None,
-        num_queries: int = 16,
+        num_queries: int | None = None,
+        queries_per_class: Sequence[int] | None = None,
         embed_dim: int = 64,
         num_layers: int = 6,
         num_heads: int = 4,
@@ -102,8 +115,26 @@ class MaskTransformer(nn.Module):
         norm_name: tuple | str = ("INSTANCE", {"affine": True}),
         act_name: tuple | str = ("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
         res_block: bool = False,
+        eval_output: str = "probabilities",
     ) -> None:
         super().__init__()
+        if eval_output not in ("probabilities", "logits"):
+            raise ValueError(f"eval_output must be 'probabilities' or 'logits', got {eval_output!r}.")
+        self.eval_output = eval_output
+        query_classes = None
+        if queries_per_class is not None:
+            counts = [int(n) for n in queries_per_class]
+            if len(counts) != num_classes or any(n < 1 for n in counts):
+                raise ValueError(
+                    f"queries_per_class must give a positive number of queries for each of the {num_classes} classes, "
+                    f"got {list(queries_per_class)}."
+                )
+            if num_queries is not None and num_queries != sum(counts):
+                raise ValueError(f"num_queries={num_queries} but queries_per_class {counts} sums to {sum(counts)}.")
+            num_queries = sum(counts)
+            query_classes = [k for k, n in enumerate(counts) for _ in range(n)]
+        if num_queries is None:
+            num_queries = 16
         self.backbone = DynUNetBackbone(
             spatial_dims=spatial_dims,
             in_channels=in_channels,
@@ -132,7 +163,9 @@ class MaskTransformer(nn.Module):
             pre_norm=pre_norm,
             spatial_dims=spatial_dims,
         )
-        self.head = MaskClassificationHead(embed_dim, num_classes, normalize_embeddings, temperature)
+        self.head = MaskClassificationHead(
+            embed_dim, num_classes, normalize_embeddings, temperature, query_classes=query_classes
+        )
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.num_layers = num_layers
@@ -180,10 +213,14 @@ class MaskTransformer(nn.Module):
         # A is not a training target: detached, so the affinities need not be kept alive for the backward pass
         anomaly = self.head.anomaly(affinity[:, :, -1].detach())  # (B, V, 1)
         query_probs, seg = self.head.assign(affinity, logits)  # (B, V, L', N), (B, V, L', K)
-        del affinity
         if not self.training:
-            out = torch.cat([seg[:, :, -1], anomaly], dim=-1).transpose(1, 2)
+            classes = seg[:, :, -1]
+            if self.eval_output == "logits":
+                classes = self.head.evidence_logits(affinity[:, :, -1], logits[:, -1])
+            del affinity
+            out = torch.cat([classes, anomaly], dim=-1).transpose(1, 2)
             return out.reshape(x.shape[0], -1, *spatial).contiguous()
+        del affinity
         # unbind (not indexing): its backward stacks the per-layer gradients in one pass
         seg_layers, prob_layers = seg.unbind(2), query_probs.unbind(2)
         out = {

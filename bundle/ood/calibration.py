@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -11,7 +14,21 @@ import numpy as np
 
 from bundle.data.files import atomic_write_text
 
-__all__ = ["CalibrationError", "calibrate_threshold", "empirical_fpr", "load_calibration", "save_calibration"]
+__all__ = [
+    "MODEL_HASH_KEY",
+    "CalibrationError",
+    "calibrate_threshold",
+    "check_model_hash",
+    "empirical_fpr",
+    "file_sha256",
+    "load_calibration",
+    "save_calibration",
+]
+
+logger = logging.getLogger(__name__)
+
+#: key of the calibration JSON holding the sha256 (hex) of the model file the thresholds were calibrated for
+MODEL_HASH_KEY = "model_sha256"
 
 
 class CalibrationError(ValueError):
@@ -50,6 +67,50 @@ def empirical_fpr(inlier_scores: Sequence[float] | np.ndarray, threshold: float)
     return float((scores > threshold).mean())
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 (hex) of a file's bytes, e.g. of a model checkpoint."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_model_hash(
+    calibration: Mapping[str, object], model: str | os.PathLike, where: str = "calibration", warn: bool = True
+) -> bool:
+    """Check that a calibration belongs to a model file.
+
+    Args:
+        calibration: calibration data (see :func:`load_calibration`).
+        model: the model file, or its sha256 (64 hex digits).
+        where: how to name the calibration in messages.
+        warn: log a warning for a calibration without a hash.
+
+    Returns:
+        ``True`` when the calibration records the model's hash; ``False`` (with a logged warning) when it records
+        no hash at all, as calibrations written before the hash was recorded.
+
+    Raises:
+        CalibrationError: the calibration records the hash of another model file.
+    """
+    recorded = calibration.get(MODEL_HASH_KEY)
+    if recorded is None:
+        if warn:
+            logger.warning(
+                "%s records no model hash (%s): it cannot be checked against the model.", where, MODEL_HASH_KEY
+            )
+        return False
+    model = str(model)
+    actual = model if len(model) == 64 and all(c in "0123456789abcdef" for c in model) else file_sha256(model)
+    if recorded != actual:
+        raise CalibrationError(
+            f"{where} was calibrated for another model (model sha256 {str(recorded)[:12]}..., the model file has "
+            f"{actual[:12]}...); recalibrate it for this model."
+        )
+    return True
+
+
 def save_calibration(path: str | Path, data: Mapping[str, object]) -> Path:
     """Write calibration data as JSON atomically (temporary file in the same folder, then rename).
 
@@ -64,12 +125,17 @@ def save_calibration(path: str | Path, data: Mapping[str, object]) -> Path:
     return atomic_write_text(path, json.dumps(dict(data), indent=2, sort_keys=True) + "\n")
 
 
-def load_calibration(path: str | Path) -> dict:
+def load_calibration(path: str | Path, model_path: str | os.PathLike | None = None) -> dict:
     """Read a calibration JSON written by :func:`save_calibration`.
+
+    Args:
+        path: the calibration file.
+        model_path: if given, the model file the calibration must belong to (see :func:`check_model_hash`).
 
     Raises:
         FileNotFoundError: if the file does not exist (the message says how to create it).
-        CalibrationError: if it is not valid JSON, not an object, or lacks a finite numeric ``"threshold"``.
+        CalibrationError: if it is not valid JSON, not an object, lacks a finite numeric ``"threshold"``, or records
+            the hash of another model than ``model_path``.
     """
     path = Path(path)
     if not path.is_file():
@@ -84,6 +150,8 @@ def load_calibration(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise CalibrationError(f"{path} must contain a JSON object, got {type(data).__name__}.")
     _validate(data, str(path))
+    if model_path is not None:
+        check_model_hash(data, model_path, str(path))
     return data
 
 
@@ -93,3 +161,8 @@ def _validate(data: dict, where: str) -> None:
     t = data["threshold"]
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
         raise CalibrationError(f"{where}: 'threshold' must be a finite number, got {t!r}.")
+    recorded = data.get(MODEL_HASH_KEY)
+    if recorded is not None and not (
+        isinstance(recorded, str) and len(recorded) == 64 and all(c in "0123456789abcdef" for c in recorded)
+    ):
+        raise CalibrationError(f"{where}: '{MODEL_HASH_KEY}' must be a sha256 in lower-case hex, got {recorded!r}.")

@@ -7,7 +7,7 @@ Run from the bundle root::
 gives ``dist/maxquery_ct_ood/`` and ``dist/maxquery_ct_ood.zip`` holding::
 
     configs/metadata.json  configs/*.json  configs/logging.conf
-    models/model.pt  models/ood_calibration.json
+    models/model.pt  models/localiser.pt  models/ood_calibration.json
     docs/README.md  LICENSE
     bundle/  (the Python code the configs import)
 
@@ -30,7 +30,7 @@ __all__ = ["main", "package_bundle"]
 
 BUNDLE_NAME = "maxquery_ct_ood"
 CONFIG_FILES = ("train.json", "inference.json", "evaluate.json", "multi_gpu_train.json", "logging.conf")
-MODEL_FILES = ("model.pt", "ood_calibration.json")
+MODEL_FILES = ("model.pt", "localiser.pt", "ood_calibration.json")
 
 
 def package_bundle(
@@ -44,7 +44,8 @@ def package_bundle(
     Args:
         bundle_root: the repository root (it holds ``metadata.json``, ``configs/``, ``bundle/``).
         out_dir: where the folder and the zip go.
-        ckpt_dir: where ``model.pt`` and ``ood_calibration.json`` are (default: ``BUNDLE_ROOT/models``).
+        ckpt_dir: where ``model.pt``, ``localiser.pt`` and ``ood_calibration.json`` are (default:
+            ``BUNDLE_ROOT/models``).
 
     Raises:
         FileNotFoundError: a required file (metadata, config, checkpoint, calibration) is missing.
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle_root", default=".", help="repository root (default: current folder)")
     parser.add_argument("--out", default="dist", help="output folder (default: dist)")
-    parser.add_argument("--ckpt_dir", help="folder with model.pt and ood_calibration.json (default: models)")
+    parser.add_argument("--ckpt_dir", help="folder with the checkpoints and the calibration (default: models)")
     args = parser.parse_args(argv)
     package_bundle(args.bundle_root, args.out, args.ckpt_dir)
     return 0

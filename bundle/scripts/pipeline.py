@@ -1,12 +1,16 @@
-"""The main job end to end: generate the phantom benchmark if needed, train, calibrate, evaluate, print the table.
+"""The main job end to end: generate the phantom benchmark if needed, train the organ localiser and the mask
+transformer, calibrate, evaluate the cascade, print the table of MaxQuery and the baselines.
 
 Run from the bundle root::
 
     python -m bundle.scripts.pipeline
 
-Every step is a plain ``monai.bundle run`` of the configs, so each can also be run on its own; options are passed on
-as config overrides (``--dataset_dir``, ``--max_epochs``, ``--ckpt_dir``, ``--output_dir``, ``--device``), and any
-other ``--ID VALUE`` pair is a config override as in ``monai.bundle run`` (e.g. ``--patch_size "[64,64,32]"``).
+Everything goes into a run folder (``--run_dir``, default ``runs/pipeline``): ``models/`` (checkpoints and
+calibration) and ``eval/`` (logs, ``metrics.json``, ``per_case.csv``). The shipped ``models/`` is left alone unless
+``--ckpt_dir models`` asks for it. Every step is a plain ``monai.bundle run`` of the configs, so each can also be
+run on its own; options are passed on as config overrides (``--dataset_dir``, ``--max_epochs``, ``--ckpt_dir``,
+``--output_dir``, ``--device``), and any other ``--ID VALUE`` pair is a config override as in ``monai.bundle run``
+(e.g. ``--patch_size "[48,48,24]"``). The time of each stage is printed and saved to ``eval/timings.json``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -21,6 +27,7 @@ from pathlib import Path
 import torch
 from monai.bundle import run
 
+from bundle.data.files import atomic_write_text
 from bundle.handlers.evaluation import format_metrics_table
 
 __all__ = ["main", "parse_overrides", "run_pipeline"]
@@ -28,10 +35,19 @@ __all__ = ["main", "parse_overrides", "run_pipeline"]
 logger = logging.getLogger(__name__)
 
 
+CPU_BUDGET_EPOCHS = 12
+STAGES = {
+    "localiser": ["$@localiser_train#trainer.run()"],
+    "mask_transformer": ["$@train#trainer.run()"],
+    "calibration": ["$@calibrate#evaluator.run()"],
+}
+
+
 def run_pipeline(
     bundle_root: str | Path = ".",
     dataset_dir: str | None = None,
     max_epochs: int | None = None,
+    run_dir: str | None = None,
     ckpt_dir: str | None = None,
     output_dir: str | None = None,
     device: str | None = None,
@@ -43,44 +59,58 @@ def run_pipeline(
     Args:
         bundle_root: the bundle root holding ``metadata.json`` and ``configs/``.
         dataset_dir: an MSD-layout dataset; by default the phantom benchmark under the bundle root.
-        max_epochs: training epochs (default: the value in ``configs/train.json``).
-        ckpt_dir: where the checkpoint and the calibration go.
+        max_epochs: mask-transformer training epochs (default: the value in ``configs/train.json``).
+        run_dir: the run folder (default ``BUNDLE_ROOT/runs/pipeline``); ``ckpt_dir`` and ``output_dir`` default
+            to its ``models`` and ``eval``.
+        ckpt_dir: where the checkpoints and the calibration go.
         output_dir: where logs, metrics and per-case results go.
-        device: e.g. ``"cpu"`` or ``"cuda:0"``; by default CUDA when available.
-        skip_training: evaluate the existing checkpoint only.
-        overrides: further config overrides for every step, e.g. ``{"patch_size": [64, 64, 32]}``.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; by default CUDA when available.
+        skip_training: evaluate the existing checkpoints only.
+        overrides: further config overrides for every step, e.g. ``{"patch_size": [48, 48, 24]}``.
     """
     root = Path(bundle_root).resolve()
     configs = root / "configs"
-    overrides = {"bundle_root": str(root), **(overrides or {})}
+    run_dir = Path(run_dir).resolve() if run_dir is not None else root / "runs" / "pipeline"
+    ckpt = Path(ckpt_dir).resolve() if ckpt_dir is not None else run_dir / "models"
+    out = Path(output_dir).resolve() if output_dir is not None else run_dir / "eval"
+    overrides = {"bundle_root": str(root), "ckpt_dir": str(ckpt), "output_dir": str(out), **(overrides or {})}
     if dataset_dir is not None:
         overrides["dataset_dir"] = str(Path(dataset_dir).resolve())
-    if ckpt_dir is not None:
-        overrides["ckpt_dir"] = str(Path(ckpt_dir).resolve())
-    if output_dir is not None:
-        overrides["output_dir"] = str(Path(output_dir).resolve())
     if device is not None:
-        overrides["device"] = f"$torch.device('{device}')"
+        overrides["device"] = _device(device)
     common = {"meta_file": str(root / "metadata.json"), "logging_file": str(configs / "logging.conf")}
+    train_config = str(configs / "train.json")
 
+    timings: dict[str, float] = {}
     start = time.perf_counter()
+    run(config_file=train_config, **common, **overrides, run=["$@dataset"])
+    timings["dataset"] = time.perf_counter() - start
     if not skip_training:
         train_overrides = dict(overrides)
         if max_epochs is not None:
             train_overrides["train#trainer#max_epochs"] = max_epochs
-        run(config_file=str(configs / "train.json"), **common, **train_overrides)
-    trained = time.perf_counter()
-    run(config_file=[str(configs / "train.json"), str(configs / "evaluate.json")], **common, **overrides)
-    evaluated = time.perf_counter()
+        for stage, steps in STAGES.items():
+            begin = time.perf_counter()
+            run(config_file=train_config, **common, **train_overrides, run=steps)
+            timings[stage] = time.perf_counter() - begin
+    begin = time.perf_counter()
+    run(config_file=[train_config, str(configs / "evaluate.json")], **common, **overrides)
+    timings["evaluation"] = time.perf_counter() - begin
+    timings["total"] = time.perf_counter() - start
 
-    metrics_path = Path(overrides.get("output_dir", root / "eval")) / "metrics.json"
-    metrics = json.loads(metrics_path.read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    machine = f"{'cuda' if torch.cuda.is_available() else 'cpu'}, {os.cpu_count()} CPU cores"
+    atomic_write_text(out / "timings.json", json.dumps({"seconds": timings, "machine": machine}, indent=2) + "\n")
     print(format_metrics_table(metrics))
-    print(
-        f"training {trained - start:.0f} s, evaluation {evaluated - trained:.0f} s "
-        f"({'cuda' if torch.cuda.is_available() else 'cpu'}); metrics in {metrics_path}"
-    )
+    print("time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f" ({machine})")
+    print(f"checkpoints in {ckpt}, metrics in {out / 'metrics.json'}")
     return metrics
+
+
+def _device(name: str) -> torch.device:
+    if re.fullmatch(r"cpu|cuda(:\d+)?", name) is None:
+        raise SystemExit(f"--device must be cpu, cuda or cuda:N, got {name!r}.")
+    return torch.device(name)
 
 
 def parse_overrides(tokens: list[str]) -> dict:
@@ -104,9 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle_root", default=".", help="bundle root (default: current folder)")
     parser.add_argument("--dataset_dir", help="MSD-layout dataset (default: the phantom benchmark)")
-    parser.add_argument("--max_epochs", type=int, help="training epochs (default: configs/train.json)")
-    parser.add_argument("--ckpt_dir", help="checkpoint folder (default: BUNDLE_ROOT/models)")
-    parser.add_argument("--output_dir", help="output folder (default: BUNDLE_ROOT/eval)")
+    parser.add_argument(
+        "--max_epochs",
+        type=int,
+        default=CPU_BUDGET_EPOCHS,
+        help=f"mask-transformer epochs (default {CPU_BUDGET_EPOCHS}: the 30-minute budget of a 2-core CPU)",
+    )
+    parser.add_argument("--run_dir", help="run folder (default: BUNDLE_ROOT/runs/pipeline)")
+    parser.add_argument("--ckpt_dir", help="checkpoint folder (default: RUN_DIR/models; 'models': the shipped one)")
+    parser.add_argument("--output_dir", help="output folder (default: RUN_DIR/eval)")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
     parser.add_argument("--skip_training", action="store_true", help="evaluate the existing checkpoint only")
     args, extra = parser.parse_known_args(argv)

@@ -3,16 +3,36 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monailabel.utils.others.generic import name_to_device
+import torch
 
-__all__ = ["AppSettings", "DEFAULT_OOD_LABEL_VALUE"]
+from .errors import InvalidInputError
+from .model_store import DEFAULT_KEEP_BACKUPS
+from .options import parse_bool, parse_device, parse_float, parse_int
+
+__all__ = ["MAX_EPOCHS_LIMIT", "AppSettings", "DEFAULT_OOD_LABEL_VALUE", "PREDICTION_TAG"]
 
 DEFAULT_OOD_LABEL_VALUE = 9
+#: the most epochs one training request may ask for
+MAX_EPOCHS_LIMIT = 1000
+#: the label tag under which kept predictions are saved (never ``final``)
+PREDICTION_TAG = "maxquery_prediction"
+
+
+def _conf(conf: Mapping[str, Any], key: str, parse: Any, default: Any) -> Any:
+    """Parse ``--conf key`` with an option parser, naming the ``--conf`` option in the error."""
+    value = conf.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        return parse(value, key)
+    except InvalidInputError as error:
+        raise ValueError(f"--conf {error}") from error
 
 
 def _optional_float(conf: Mapping[str, Any], key: str) -> float | None:
@@ -20,18 +40,12 @@ def _optional_float(conf: Mapping[str, Any], key: str) -> float | None:
     if value is None or str(value).strip() == "":
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError as error:
         raise ValueError(f"--conf {key} must be a number, got '{value}'.") from error
-
-
-def _number(conf: Mapping[str, Any], key: str, default: float, kind: type) -> Any:
-    value = conf.get(key, default)
-    try:
-        return kind(value)
-    except (TypeError, ValueError) as error:
-        expected = "an integer" if kind is int else "a number"
-        raise ValueError(f"--conf {key} must be {expected}, got '{value}'.") from error
+    if not math.isfinite(number):
+        raise ValueError(f"--conf {key} must be a finite number, got '{value}'.")
+    return number
 
 
 @dataclass(frozen=True)
@@ -45,9 +59,12 @@ class AppSettings:
         ood_threshold: case threshold overriding the calibrated one.
         ood_voxel_threshold: voxel threshold overriding the calibrated one.
         ood_label_value: label value of the suspected-OOD segment.
-        bundle_overrides: bundle config ids -> values, applied to the inference and training configs.
+        bundle_overrides: bundle config ids -> plain values, applied to the inference and training configs.
         max_epochs: default number of training epochs.
         val_split: default fraction of labelled images used for validation and calibration.
+        save_predictions: whether an inference request may keep its prediction in the datastore (under the label tag
+            ``maxquery_prediction``, never ``final``); off by default.
+        keep_backups: how many backups of replaced models (and their calibrations) are kept.
     """
 
     device: str
@@ -59,6 +76,8 @@ class AppSettings:
     bundle_overrides: dict[str, Any] = field(default_factory=dict)
     max_epochs: int = 10
     val_split: float = 0.2
+    save_predictions: bool = False
+    keep_backups: int = DEFAULT_KEEP_BACKUPS
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any], bundle_root: Path) -> AppSettings:
@@ -77,17 +96,17 @@ class AppSettings:
                 raise ValueError(f"--conf bundle_overrides must be a JSON object: {error}") from error
         if not isinstance(overrides, dict):
             raise ValueError(f"--conf bundle_overrides must be a JSON object, got {type(overrides).__name__}.")
-        ood_label_value = _number(conf, "ood_label_value", DEFAULT_OOD_LABEL_VALUE, int)
-        if not 1 <= ood_label_value <= 255:
-            raise ValueError(f"--conf ood_label_value must be in [1, 255] (uint8 label maps), got {ood_label_value}.")
+        default_device = "cuda:0" if torch.cuda.is_available() else "cpu"
         return cls(
-            device=name_to_device(conf.get("device") or None),
+            device=_conf(conf, "device", parse_device, default_device),
             model_path=model_path,
             calibration_path=Path(calibration_path).expanduser().resolve(),
             ood_threshold=_optional_float(conf, "ood_threshold"),
             ood_voxel_threshold=_optional_float(conf, "ood_voxel_threshold"),
-            ood_label_value=ood_label_value,
+            ood_label_value=_conf(conf, "ood_label_value", parse_int(1, 255), DEFAULT_OOD_LABEL_VALUE),
             bundle_overrides=overrides,
-            max_epochs=_number(conf, "max_epochs", 10, int),
-            val_split=_number(conf, "val_split", 0.2, float),
+            max_epochs=_conf(conf, "max_epochs", parse_int(1, MAX_EPOCHS_LIMIT), 10),
+            val_split=_conf(conf, "val_split", parse_float(0.0, 0.9), 0.2),
+            save_predictions=_conf(conf, "save_predictions", parse_bool, False),
+            keep_backups=_conf(conf, "keep_backups", parse_int(1, 100), DEFAULT_KEEP_BACKUPS),
         )

@@ -20,6 +20,7 @@ from monailabel.utils.others.generic import remove_file
 from bundle.data.files import atomic_write, atomic_write_text
 
 from .errors import InvalidInputError, http_errors
+from .options import shown
 from .volume_checks import LABEL_EXTENSIONS, VOLUME_EXTENSIONS, check_image, check_label, load_volume, volume_extension
 
 __all__ = ["ValidatingLocalDatastore", "atomic_copy"]
@@ -106,12 +107,22 @@ class ValidatingLocalDatastore(LocalDatastore):
     # -- reads ----------------------------------------------------------------------------------------------------
 
     def get_image_info(self, image_id: str) -> dict[str, Any]:
-        self._sync()
-        return super().get_image_info(image_id)
+        """The image's info; an unknown id is HTTP 404 (not an empty answer)."""
+        with http_errors("reading image info"):
+            self._sync()
+            if image_id not in self._datastore.objects:
+                raise ImageNotFoundException(f"image '{shown(image_id)}' not found in the datastore.")
+            return super().get_image_info(image_id)
 
     def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
-        self._sync()
-        return super().get_label_info(label_id, label_tag)
+        """The label's info; an unknown image id or tag is HTTP 404 (not an empty answer)."""
+        with http_errors("reading label info"):
+            self._sync()
+            if self._datastore.label(label_id, label_tag) is None:
+                raise LabelNotFoundException(
+                    f"label '{shown(label_id)}' with tag '{shown(label_tag)}' not found in the datastore."
+                )
+            return super().get_label_info(label_id, label_tag)
 
     def list_images(self) -> list[str]:
         self._sync()
@@ -218,6 +229,16 @@ class ValidatingLocalDatastore(LocalDatastore):
             )
         return binary_to_image(image_uri, label_filename)
 
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        """Remove a stored label; an unknown image id or tag is HTTP 404, and nothing is removed."""
+        with http_errors("removing a label"):
+            self._sync()
+            if self._datastore.label(label_id, label_tag) is None:
+                raise LabelNotFoundException(
+                    f"label '{shown(label_id)}' with tag '{shown(label_tag)}' not found in the datastore."
+                )
+            super().remove_label(label_id, label_tag)
+
     def remove_image(self, image_id: str) -> None:
         with http_errors("removing an image"):
             self._sync()
@@ -225,6 +246,8 @@ class ValidatingLocalDatastore(LocalDatastore):
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
         with http_errors("updating image info"), FileLock(self._lock_file):
+            if not isinstance(info, dict):
+                raise InvalidInputError(f"image info must be a JSON object, got {type(info).__name__}.")
             self._reload_locked()
             entry = self._datastore.objects.get(image_id)
             if entry is None:
@@ -234,6 +257,8 @@ class ValidatingLocalDatastore(LocalDatastore):
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
         with http_errors("updating label info"), FileLock(self._lock_file):
+            if not isinstance(info, dict):
+                raise InvalidInputError(f"label info must be a JSON object, got {type(info).__name__}.")
             self._reload_locked()
             label = self._datastore.label(label_id, label_tag)
             if label is None:

@@ -14,7 +14,14 @@ from monailabel.interfaces.exception import (
     MONAILabelException,
 )
 
-__all__ = ["InvalidInputError", "ModelNotFoundError", "NotFoundError", "http_errors", "short_error"]
+__all__ = [
+    "ForbiddenError",
+    "InvalidInputError",
+    "ModelNotFoundError",
+    "NotFoundError",
+    "http_errors",
+    "short_error",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +32,10 @@ class InvalidInputError(ValueError):
 
 class NotFoundError(LookupError):
     """An unknown image id, model, strategy or scoring method (HTTP 404)."""
+
+
+class ForbiddenError(PermissionError):
+    """A request the server is configured not to carry out, whoever asks (HTTP 403)."""
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -72,6 +83,8 @@ def http_errors(action: str) -> Iterator[None]:
         raise _rejected(404, action, error) from error
     except (InvalidInputError, _invalid_volume_error()) as error:
         raise _rejected(422, action, error) from error
+    except ForbiddenError as error:
+        raise _rejected(403, action, error) from error
     except ModelNotFoundError as error:
         raise _rejected(503, action, error) from error
     except MONAILabelException as error:

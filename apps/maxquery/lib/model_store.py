@@ -1,4 +1,4 @@
-"""The model file, its OOD calibration, and the networks loaded from it, shared by every task of the app."""
+"""The model file, its OOD calibration, their backups, and the networks loaded from it, shared by every task."""
 
 from __future__ import annotations
 
@@ -6,19 +6,29 @@ import json
 import logging
 import math
 import os
+import re
+import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from .bundle_config import BundleConfig
-from .errors import ModelNotFoundError
+from bundle.data.files import atomic_write
+from bundle.ood.calibration import MODEL_HASH_KEY, CalibrationError, check_model_hash, file_sha256
 
-__all__ = ["ModelStore", "OODThresholds"]
+from .bundle_config import BundleConfig
+from .errors import ModelNotFoundError, NotFoundError
+
+__all__ = ["DEFAULT_KEEP_BACKUPS", "ModelStore", "OODThresholds"]
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_KEEP_BACKUPS = 5
+BACKUP_NAME = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9]{6}-[0-9a-f]{12}")
 
 
 @dataclass(frozen=True)
@@ -28,7 +38,7 @@ class OODThresholds:
     Attributes:
         case_threshold: case score above which a case is flagged as OOD (``None``: unknown).
         voxel_threshold: anomaly value above which a predicted organ/lesion voxel is marked suspected OOD.
-        source: where the values come from, for the result and the logs.
+        source: where the values come from, for the result and the logs (file names, never server paths).
         warning: why a threshold is missing, if one is.
     """
 
@@ -39,6 +49,8 @@ class OODThresholds:
 
 
 def _finite_or_none(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
     try:
         value = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -46,18 +58,31 @@ def _finite_or_none(value: object) -> float | None:
     return value if math.isfinite(value) else None
 
 
-class ModelStore:
-    """Owns ``model.pt`` and ``ood_calibration.json`` and loads the network once per device and model version.
+def _copy_file(source: Path, destination: Path) -> None:
+    with source.open("rb") as src:
+        atomic_write(destination, lambda out: shutil.copyfileobj(src, out))
 
-    A new model file (written by training, in another process) is picked up on the next request: the cache is
-    keyed by the file's size and modification time.
+
+class ModelStore:
+    """Owns ``model.pt``, ``ood_calibration.json`` and their backups; loads the network once per device and model.
+
+    - The model is identified by the sha256 of its file (``model_version`` is its first 16 hex digits). A new file
+      (written by training, in another process, or restored from a backup) is picked up on the next request.
+    - The calibration records the sha256 of the model it was calibrated for; a calibration of another model is
+      refused (no case flagged, no voxel marked, and the result says why). A calibration without a hash (written
+      before hashes were recorded) is used, with a warning.
+    - :meth:`publish` keeps the current model and its calibration as a backup in ``<model stem>_backups/`` before
+      replacing them; :meth:`restore` puts a backup back (backing up the current model first, so a restore can be
+      undone the same way).
 
     Args:
         bundle: the bundle configs (the network is the inference config's ``network_def``).
         model_path: the model checkpoint (a state dict, as written by the bundle's ``CheckpointSaver``).
-        calibration_path: the calibration JSON with ``threshold`` (case level) and ``voxel_threshold``.
+        calibration_path: the calibration JSON with ``threshold`` (case level), ``voxel_threshold`` and
+            ``model_sha256``.
         case_threshold: overrides the calibrated case threshold.
         voxel_threshold: overrides the calibrated voxel threshold.
+        keep_backups: how many backups to keep (the oldest are removed).
     """
 
     def __init__(
@@ -67,35 +92,58 @@ class ModelStore:
         calibration_path: str | os.PathLike,
         case_threshold: float | None = None,
         voxel_threshold: float | None = None,
+        keep_backups: int = DEFAULT_KEEP_BACKUPS,
     ) -> None:
         self.bundle = bundle
         self.model_path = Path(model_path).resolve()
         self.calibration_path = Path(calibration_path).resolve()
         self.case_threshold_override = case_threshold
         self.voxel_threshold_override = voxel_threshold
+        self.keep_backups = max(1, int(keep_backups))
         self._networks: dict[str, tuple[nn.Module, str]] = {}
+        self._hash: tuple[tuple[int, int], str] | None = None
         self._lock = threading.Lock()
+        self._warned: set[str] = set()
+
+    # -- the model file ---------------------------------------------------------------------------------------------
+
+    @property
+    def backup_dir(self) -> Path:
+        """Where backups of replaced models and calibrations go."""
+        return self.model_path.with_name(f"{self.model_path.stem}_backups")
 
     def model_available(self) -> bool:
         """Whether the model file exists."""
         return self.model_path.is_file()
 
     def require_model(self) -> Path:
-        """The model path, or a ``ModelNotFoundError`` naming it and how to get one."""
+        """The model path, or a ``ModelNotFoundError`` saying how to get one (the file name only, not the path)."""
         if not self.model_path.is_file():
+            logger.warning("model file not found: %s", self.model_path)
             raise ModelNotFoundError(
-                f"model file not found: {self.model_path}. Train one with POST /train/maxquery once some images have "
-                "final labels, or restart the server with --conf model_path /path/to/model.pt."
+                f"model file not found ({self.model_path.name}). Train one with POST /train/maxquery once some images "
+                "have final labels, or restart the server with --conf model_path pointing to a model."
             )
         return self.model_path
 
-    def model_version(self) -> str | None:
-        """An identifier of the current model file (size and modification time), ``None`` without a model."""
+    def model_sha256(self) -> str | None:
+        """The sha256 of the current model file (cached until the file changes), ``None`` without a model."""
         try:
             stat = self.model_path.stat()
         except FileNotFoundError:
             return None
-        return f"{stat.st_size}-{stat.st_mtime_ns}"
+        key = (stat.st_size, stat.st_mtime_ns)
+        cached = self._hash
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        digest = file_sha256(self.model_path)
+        self._hash = (key, digest)
+        return digest
+
+    def model_version(self) -> str | None:
+        """An identifier of the current model: the first 16 hex digits of its sha256 (``None`` without a model)."""
+        digest = self.model_sha256()
+        return digest[:16] if digest else None
 
     def network(self, device: str) -> nn.Module:
         """The network in eval mode on ``device`` with the current model weights (cached until the file changes)."""
@@ -119,67 +167,215 @@ class ModelStore:
         Raises:
             RuntimeError: the file is not a checkpoint of this network.
         """
+        name = Path(path).name
         try:
             checkpoint = torch.load(path, map_location=torch.device(device), weights_only=True)
         except Exception as error:
-            raise RuntimeError(f"cannot read model file {path}: {error}") from error
+            raise RuntimeError(f"cannot read model file {name}: {type(error).__name__}") from error
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
             checkpoint = checkpoint["model"]
         if not isinstance(checkpoint, dict):
-            raise RuntimeError(f"model file {path} does not hold a state dict (got {type(checkpoint).__name__}).")
+            raise RuntimeError(f"model file {name} does not hold a state dict (got {type(checkpoint).__name__}).")
         expected = set(self.bundle.new_network().state_dict())
         if set(checkpoint) != expected:
             missing, unexpected = sorted(expected - set(checkpoint)), sorted(set(checkpoint) - expected)
             raise RuntimeError(
-                f"model file {path} does not match the network of configs/inference.json (with the app's "
+                f"model file {name} does not match the network of configs/inference.json (with the app's "
                 f"bundle_overrides): {len(missing)} missing weight(s) {missing[:3]}, {len(unexpected)} unexpected "
                 f"weight(s) {unexpected[:3]}."
             )
         return checkpoint
 
+    # -- the calibration --------------------------------------------------------------------------------------------
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            logger.warning(message)
+
+    def calibration(self) -> tuple[dict[str, Any], str | None]:
+        """The calibration of the current model, and a warning if there is none that can be used.
+
+        Returns:
+            ``(calibration, warning)``: ``({}, reason)`` without a file, with an unreadable file, with thresholds
+            that are not finite numbers, or with a calibration recorded for another model file.
+        """
+        name = self.calibration_path.name
+        if not self.calibration_path.is_file():
+            return {}, (
+                f"no OOD calibration file ({name}): the model is not calibrated, so no case is flagged and no voxel is "
+                "marked suspected OOD (train with POST /train/maxquery to calibrate)."
+            )
+        try:
+            calibration = json.loads(self.calibration_path.read_text())
+            if not isinstance(calibration, dict):
+                raise ValueError("not a JSON object")
+            for key in ("threshold", "voxel_threshold"):
+                if _finite_or_none(calibration.get(key)) is None:
+                    raise ValueError(f"'{key}' is missing or not a finite number")
+            digest = self.model_sha256()
+            if digest is not None and not check_model_hash(calibration, digest, name, warn=False):
+                self._warn_once(
+                    f"OOD calibration {self.calibration_path} records no model hash ({MODEL_HASH_KEY}); it is used as "
+                    "it is, but cannot be checked against the model. Recalibrate (train) to record it."
+                )
+        except CalibrationError as error:
+            self._warn_once(f"OOD calibration refused: {error}")
+            return {}, f"OOD calibration refused: {error} No case is flagged and no voxel is marked."
+        except (OSError, ValueError) as error:
+            return {}, f"ignoring the OOD calibration file {name}: {error}"
+        return calibration, None
+
     def thresholds(self) -> OODThresholds:
-        """The case and voxel thresholds: the conf overrides, else the calibration file."""
+        """The case and voxel thresholds: the conf overrides, else the calibration of the current model."""
         case, voxel = self.case_threshold_override, self.voxel_threshold_override
         if case is not None and voxel is not None:
             return OODThresholds(case, voxel, "app configuration")
-        warning = None
-        calibrated: dict = {}
-        if self.calibration_path.is_file():
-            try:
-                calibrated = json.loads(self.calibration_path.read_text())
-                for key in ("threshold", "voxel_threshold"):
-                    if _finite_or_none(calibrated.get(key)) is None:
-                        raise ValueError(f"'{key}' is missing or not a finite number")
-            except (OSError, ValueError) as error:
-                warning = f"ignoring the OOD calibration file {self.calibration_path}: {error}"
-                calibrated = {}
-        else:
-            warning = (
-                f"no OOD calibration file at {self.calibration_path}: the model is not calibrated, so no case is "
-                "flagged and no voxel is marked suspected OOD (train with POST /train/maxquery to calibrate)."
-            )
+        calibrated, warning = self.calibration()
         case = case if case is not None else _finite_or_none(calibrated.get("threshold"))
         voxel = voxel if voxel is not None else _finite_or_none(calibrated.get("voxel_threshold"))
-        source = str(self.calibration_path) if calibrated else "none"
+        source = self.calibration_path.name if calibrated else "none"
         if self.case_threshold_override is not None or self.voxel_threshold_override is not None:
             source = f"{source} + app configuration"
         if warning:
             logger.debug(warning)
         return OODThresholds(case, voxel, source, warning)
 
-    def publish(self, new_model: Path, new_calibration: Path | None) -> None:
-        """Replace the model (and its calibration) by files written next to them, each in one atomic step.
+    # -- publishing, backups, restoring ------------------------------------------------------------------------------
 
-        Without a new calibration, the old one is removed: thresholds calibrated for another model are meaningless.
+    def backups(self) -> list[dict[str, Any]]:
+        """The backups, newest first: ``name``, ``model_sha256`` and whether a calibration was kept."""
+        if not self.backup_dir.is_dir():
+            return []
+        found = []
+        for folder in sorted(self.backup_dir.iterdir(), reverse=True):
+            model = folder / self.model_path.name
+            if not (BACKUP_NAME.fullmatch(folder.name) and model.is_file()):
+                continue
+            try:
+                meta = json.loads((folder / "backup.json").read_text())
+            except (OSError, ValueError):
+                meta = {}
+            found.append(
+                {
+                    "name": folder.name,
+                    "model_sha256": meta.get("model_sha256"),
+                    "calibration": (folder / self.calibration_path.name).is_file(),
+                    "created": meta.get("created"),
+                }
+            )
+        return found
+
+    def backup(self) -> str | None:
+        """Copy the current model and its calibration into a new backup folder; its name (``None``: no model)."""
+        digest = self.model_sha256()
+        if digest is None:
+            return None
+        now = time.time()
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + f"-{int(now * 1e6) % 1_000_000:06d}"
+        folder = self.backup_dir / f"{stamp}-{digest[:12]}"
+        _copy_file(self.model_path, folder / self.model_path.name)
+        calibration_kept = False
+        if self.calibration_path.is_file():
+            _copy_file(self.calibration_path, folder / self.calibration_path.name)
+            calibration_kept = True
+        meta = {
+            "model_sha256": digest,
+            "calibration": calibration_kept,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now)) + " UTC",
+        }
+        atomic_write(folder / "backup.json", lambda out: out.write(json.dumps(meta, indent=2).encode()))
+        for old in self.backups()[self.keep_backups :]:
+            shutil.rmtree(self.backup_dir / old["name"], ignore_errors=True)
+        logger.info("backed up model %s (sha256 %s) to %s", self.model_path.name, digest[:12], folder)
+        return folder.name
+
+    def publish(self, new_model: Path, new_calibration: Path | None) -> str | None:
+        """Back up the current model and calibration, then replace them by new files, each in one atomic step.
+
+        Without a new calibration, the current one is removed (after its backup): thresholds calibrated for another
+        model are meaningless. A new calibration must record the new model's hash.
 
         Args:
             new_model: the new checkpoint, on the same file system as the model path.
             new_calibration: the calibration of the new model, or ``None`` when it could not be calibrated.
+
+        Returns:
+            the name of the backup of the replaced model (``None`` when there was no model).
+
+        Raises:
+            CalibrationError: ``new_calibration`` records another model's hash, or none.
         """
+        if new_calibration is not None:
+            calibration = json.loads(Path(new_calibration).read_text())
+            if not check_model_hash(calibration, new_model, f"new calibration {Path(new_calibration).name}"):
+                raise CalibrationError("the new calibration records no model hash; it is not published.")
+        backup = self.backup()
         self.model_path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(new_model, self.model_path)
         if new_calibration is not None:
             os.replace(new_calibration, self.calibration_path)
         else:
             self.calibration_path.unlink(missing_ok=True)
-        logger.info("published model %s (calibration: %s)", self.model_path, new_calibration is not None)
+        logger.info(
+            "published model %s (calibration: %s; previous model kept as backup %s)",
+            self.model_path,
+            new_calibration is not None,
+            backup,
+        )
+        return backup
+
+    def restore(self, name: str | None = None) -> dict[str, Any]:
+        """Put a backup back as the served model and calibration (the current ones are backed up first).
+
+        Args:
+            name: the backup folder name (see :meth:`backups`); default: the newest backup of another model than
+                the current one.
+
+        Returns:
+            ``{"restored": name, "model_sha256": ..., "backup_of_replaced": ...}``.
+
+        Raises:
+            NotFoundError: no such backup.
+        """
+        available = self.backups()
+        if name is None:
+            current = self.model_sha256()
+            others = [b for b in available if b["model_sha256"] != current]
+            if not others:
+                raise NotFoundError(f"no backup of another model in {self.backup_dir}.")
+            name = others[0]["name"]
+        if not BACKUP_NAME.fullmatch(name) or name not in {b["name"] for b in available}:
+            names = [b["name"] for b in available]
+            raise NotFoundError(f"no backup '{name}' in {self.backup_dir}; available: {names}.")
+        folder = self.backup_dir / name
+        replaced = self.backup()
+        staged_model = self.model_path.with_name(f".{self.model_path.name}.restore")
+        _copy_file(folder / self.model_path.name, staged_model)
+        os.replace(staged_model, self.model_path)
+        saved_calibration = folder / self.calibration_path.name
+        if saved_calibration.is_file():
+            _copy_file(saved_calibration, self.calibration_path)
+        else:
+            self.calibration_path.unlink(missing_ok=True)
+        digest = self.model_sha256()
+        logger.info("restored backup %s as %s (sha256 %s)", name, self.model_path, digest)
+        return {"restored": name, "model_sha256": digest, "backup_of_replaced": replaced}
+
+    def summary(self) -> dict[str, Any]:
+        """What ``/info/`` shows about the model: file names (never server paths), hash, thresholds, backups."""
+        thresholds = self.thresholds()
+        calibration, warning = self.calibration()
+        return {
+            "model_file": self.model_path.name,
+            "model_available": self.model_available(),
+            "model_sha256": self.model_sha256(),
+            "model_version": self.model_version(),
+            "calibration_file": self.calibration_path.name,
+            "calibration_verified": bool(calibration) and calibration.get(MODEL_HASH_KEY) is not None,
+            "calibration_warning": warning,
+            "ood_threshold": thresholds.case_threshold,
+            "ood_voxel_threshold": thresholds.voxel_threshold,
+            "ood_thresholds_source": thresholds.source,
+            "backups": [b["name"] for b in self.backups()],
+        }

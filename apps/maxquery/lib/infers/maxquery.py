@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from monailabel.utils.others.generic import device_list
 from torch import nn
 
 from ..bundle_config import BundleConfig
-from ..errors import InvalidInputError, short_error
+from ..errors import InvalidInputError, ModelNotFoundError, short_error
 from ..model_store import ModelStore, OODThresholds
 from ..transforms import MarkSuspectedOODd
 
@@ -97,9 +98,9 @@ class MaxQueryInferTask(BasicInferTask):
         return True
 
     def info(self) -> dict[str, Any]:
-        """MONAI Label task info, plus where the model is and whether it exists."""
+        """MONAI Label task info, plus the model file's name and whether it exists (never a server path)."""
         info = super().info()
-        info["model_path"] = str(self.store.model_path)
+        info["model_file"] = self.store.model_path.name
         info["model_available"] = self.store.model_available()
         info["bundle_version"] = self.bundle.version
         return info
@@ -108,8 +109,25 @@ class MaxQueryInferTask(BasicInferTask):
         return self.store.network(device)
 
     def pre_transforms(self, data: dict | None = None) -> Sequence[Callable]:
-        """The bundle's ``preprocessing`` transforms."""
-        return list(self.bundle.inference.get_parsed_content("preprocessing").transforms)
+        """The bundle's ``preprocessing`` transforms.
+
+        Raises:
+            ModelNotFoundError: a checkpoint the preprocessing needs (e.g. a cascade's organ localiser) is missing.
+        """
+        try:
+            return list(self.bundle.inference.get_parsed_content("preprocessing").transforms)
+        except Exception as error:
+            cause: BaseException | None = error
+            while cause is not None and not isinstance(cause, FileNotFoundError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            name = Path(str(cause.filename or "")).name if getattr(cause, "filename", None) else ""
+            logger.warning("inference preprocessing cannot be built: %s", cause)
+            raise ModelNotFoundError(
+                f"a checkpoint the inference config needs is missing{f' ({name})' if name else ''}: put it next to "
+                f"the model file {self.store.model_path.name}."
+            ) from error
 
     def run_pre_transforms(self, data: dict[str, Any], transforms: Sequence[Callable]) -> dict[str, Any]:
         """Run the pre-processing; a file that cannot be loaded is an input error (HTTP 422), not a server error.
@@ -122,11 +140,10 @@ class MaxQueryInferTask(BasicInferTask):
             data = dict(data)
             data[INPUT_PATH_KEY] = data.pop("image_path")
         load_end = next((i + 1 for i, t in enumerate(transforms) if isinstance(t, LoadImaged)), 0)
-        image = data.get(self.input_key)
         try:
             data = super().run_pre_transforms(data, transforms[:load_end])
         except Exception as error:
-            raise InvalidInputError(f"cannot load image {image}: {short_error(error)}") from error
+            raise InvalidInputError(f"cannot load image: {short_error(error)}") from error
         return super().run_pre_transforms(data, transforms[load_end:])
 
     def inferer(self, data: dict | None = None) -> Callable:

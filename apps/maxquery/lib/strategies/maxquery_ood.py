@@ -7,12 +7,22 @@ from typing import Any
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
-from monailabel.utils.others.generic import strtobool
 
 from ..infers.maxquery import number_or_none
+from ..options import OptionParser, check_options, parse_bool, parse_device, parse_name, parse_name_list, parse_text
 from ..scoring.maxquery_ood import SCORE_KEY, MaxQueryOODScoring
 
-__all__ = ["MaxQueryOODStrategy"]
+__all__ = ["STRATEGY_OPTIONS", "MaxQueryOODStrategy"]
+
+#: options of an active-learning request (for every strategy of the app)
+STRATEGY_OPTIONS: dict[str, OptionParser] = {
+    "strategy": parse_name,
+    "label_tag": parse_name,
+    "labels": parse_name_list(1000),
+    "compute_missing": parse_bool,
+    "device": parse_device,
+    "client_id": parse_text(200),
+}
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +45,13 @@ class MaxQueryOODStrategy(Strategy):
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any] | None:
         """The chosen image as ``{"id": ..., "maxquery_ood_score": ...}``, or ``None`` if all are labelled."""
+        request = check_options(request, STRATEGY_OPTIONS, "active learning")
         images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
         if not images:
             return None
         scores = {image_id: number_or_none(datastore.get_image_info(image_id).get(SCORE_KEY)) for image_id in images}
         missing = [image_id for image_id, score in scores.items() if score is None]
-        if missing and strtobool(request.get("compute_missing", False)):
+        if missing and request.get("compute_missing", False):
             self.scoring.score_images(missing, datastore, request.get("device"))
             for image_id in missing:
                 scores[image_id] = number_or_none(datastore.get_image_info(image_id).get(SCORE_KEY))

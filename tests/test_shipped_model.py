@@ -1,0 +1,29 @@
+"""The shipped weights fit the shipped configs exactly, and the calibration belongs to the shipped model."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from monai.bundle import ConfigParser
+
+from bundle.networks import load_weights
+from bundle.ood.calibration import file_sha256
+
+
+def test_shipped_checkpoints_load_strictly_into_the_inference_config(repo_root):
+    parser = ConfigParser()
+    parser.read_config(str(repo_root / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(repo_root), "device": torch.device("cpu")})
+    models = repo_root / "models"
+    network = load_weights(parser.get_parsed_content("network_def"), models / "model.pt")
+    localiser = load_weights(parser.get_parsed_content("localiser#network_def"), models / "localiser.pt")
+    with torch.no_grad():
+        out = network(torch.zeros(1, 1, *parser["patch_size"]))
+        organ = localiser(torch.zeros(1, 1, *parser["localiser"]["roi_size"]))
+    assert out.shape[1] == parser["num_classes"] + 1 and organ.shape[1] == 2
+
+
+def test_shipped_calibration_records_the_shipped_model(repo_root):
+    calibration = json.loads((repo_root / "models" / "ood_calibration.json").read_text())
+    assert calibration["model_sha256"] == file_sha256(repo_root / "models" / "model.pt")
