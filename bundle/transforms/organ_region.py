@@ -16,7 +16,7 @@ reports the message of a case whose organ was not found (it is then segmented in
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -221,17 +221,14 @@ class PasteOrganRegiond(MapTransform):
         self.region_key = region_key
         self.reference_key = reference_key
 
-    def _fill_value(self, fill: str | float, crop: torch.Tensor) -> Callable[[torch.Tensor], None]:
-        def apply(full: torch.Tensor) -> None:
-            if fill == "background":
-                full.zero_()
-                full[0] = self.background_value
-            elif fill == "min":
-                full.fill_(float(crop.min()) if crop.numel() else 0.0)
-            else:
-                full.fill_(float(fill))
-
-        return apply
+    def _fill(self, full: torch.Tensor, fill: str | float, crop: torch.Tensor) -> None:
+        if fill == "background":
+            full.zero_()
+            full[0] = self.background_value
+        elif fill == "min":
+            full.fill_(float(crop.min()) if crop.numel() else 0.0)
+        else:
+            full.fill_(float(fill))
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         """Paste every key back onto the full grid."""
@@ -245,20 +242,20 @@ class PasteOrganRegiond(MapTransform):
         expected = [e - s for s, e in zip(start, end, strict=True)]
         reference = d.get(self.reference_key) if self.reference_key is not None else None
         pasted = list(self.key_iterator(d, self.fills))
-        if isinstance(reference, MetaTensor) and self.reference_key not in self.keys:
-            pasted.append((self.reference_key, "min"))
+        meta, ops = {}, []
+        if isinstance(reference, MetaTensor):
+            meta = {k: v for k, v in reference.meta.items() if k != "affine"}
+            ops = list(reference.applied_operations)
+            if self.reference_key not in self.keys:
+                pasted.append((self.reference_key, "min"))
+        box = (slice(None),) + tuple(slice(s, e) for s, e in zip(start, end, strict=True))
         for key, fill in pasted:
             crop = d[key]
             if list(crop.shape[1:]) != expected:
                 raise ValueError(f"'{key}' has spatial shape {list(crop.shape[1:])}; the organ box is {expected}.")
             plain = torch.as_tensor(crop).as_subclass(torch.Tensor)
             full = plain.new_empty((plain.shape[0], *shape))
-            self._fill_value(fill, plain)(full)
-            full[(slice(None),) + tuple(slice(s, e) for s, e in zip(start, end, strict=True))] = plain
-            meta = dict(reference.meta) if isinstance(reference, MetaTensor) else {}
-            meta.pop("affine", None)
-            ops = list(reference.applied_operations) if isinstance(reference, MetaTensor) else []
-            out = MetaTensor(full, affine=full_affine, meta=meta, applied_operations=ops)
-            out.affine = full_affine
-            d[key] = out
+            self._fill(full, fill, plain)
+            full[box] = plain
+            d[key] = MetaTensor(full, affine=full_affine, meta=dict(meta), applied_operations=list(ops))
         return d
