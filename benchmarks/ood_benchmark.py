@@ -17,7 +17,9 @@ The models, each a plain layering of the bundle configs:
   instead of cosine ones);
 - ``e_mask_transformer_qd_32_queries``: ablation of ``c`` with twice the queries (8 per class);
 - ``f_mask_transformer_qd_free_class_head``: ablation of ``c`` with a learnt class head instead of the fixed class
-  of each query (the tumour queries then share one class mix).
+  of each query (the tumour queries then share one class mix);
+- ``g_mask_transformer_qd_compactness``: ``c`` plus the query-compactness loss (``--compactness_weight 1``), which
+  pulls every labelled voxel onto a cluster centre of its class.
 
 Every model runs in the same organ-region cascade: one organ localiser is trained first (``WORK_DIR/localiser``)
 and shared by all of them, so they differ only in what runs inside the organ box.
@@ -75,6 +77,11 @@ VARIANTS: dict[str, dict] = {
         "configs": [],
         # the tumour queries share one QD group and learn their classes: the set-up that collapses
         "overrides": {"network_def#queries_per_class": None, "network_def#num_queries": "$sum(@queries_per_class)"},
+    },
+    "g_mask_transformer_qd_compactness": {
+        "optional": True,
+        "configs": [],
+        "overrides": {"compactness_weight": 1.0},
     },
 }
 DEFAULT_VARIANTS = tuple(name for name, variant in VARIANTS.items() if not variant.get("optional"))

@@ -23,6 +23,7 @@ from bundle.data.phantom import generate_dataset
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
+SUSPECTED_OOD = json.loads((REPO / "configs" / "inference.json").read_text())["suspected_ood_label"]
 
 TINY = {
     "patch_size": "[32,32,16]",
@@ -106,7 +107,8 @@ def test_inference_writes_the_output_contract(trained, dataset, tmp_path):
     images = sorted((dataset / "imagesTs").glob("*.nii.gz"))
     rows = list(csv.DictReader((out / "ood_cases.csv").open()))
     assert [r["case"] for r in rows] == [p.name[: -len(".nii.gz")] for p in images]
-    threshold = json.loads((trained / "models" / "ood_calibration.json").read_text())["threshold"]
+    calibration = json.loads((trained / "models" / "ood_calibration.json").read_text())
+    threshold, voxel_threshold = calibration["threshold"], calibration["voxel_threshold"]
     for row in rows:
         assert int(row["flag"]) == int(float(row["score"]) > threshold)
     for image_path in images:
@@ -116,8 +118,53 @@ def test_inference_writes_the_output_contract(trained, dataset, tmp_path):
         for result in (seg, ood):
             assert result.shape == image.shape
             np.testing.assert_allclose(result.affine, image.affine, atol=1e-4)
-        assert seg.get_data_dtype() == np.uint8 and set(np.unique(seg.get_fdata())) <= {0, 1, 2, 3}
+        assert seg.get_data_dtype() == np.uint8 and set(np.unique(seg.get_fdata())) <= {0, 1, 2, 3, SUSPECTED_OOD}
         assert ood.get_data_dtype() == np.float32 and np.isfinite(ood.get_fdata()).all()
+        # suspected OOD: exactly the predicted organ/lesion voxels above the calibrated voxel threshold
+        labels, anomaly = seg.get_fdata(), ood.get_fdata()
+        assert (anomaly[labels == SUSPECTED_OOD] > voxel_threshold).all()
+        assert (anomaly[(labels > 0) & (labels != SUSPECTED_OOD)] <= voxel_threshold).all()
+
+
+def test_suspected_ood_follows_the_calibration_of_this_model_only(trained, dataset, tmp_path):
+    from bundle.ood.calibration import file_sha256
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("model.pt", "localiser.pt", "ood_calibration.json"):
+        (models / name).write_bytes((trained / "models" / name).read_bytes())
+    calibration = json.loads((models / "ood_calibration.json").read_text())
+    assert calibration["model_sha256"] == file_sha256(models / "model.pt")
+
+    def infer(name: str, voxel_threshold: float, model_sha256: str) -> tuple[Path, str]:
+        (models / "ood_calibration.json").write_text(
+            json.dumps({**calibration, "voxel_threshold": voxel_threshold, "model_sha256": model_sha256})
+        )
+        out = tmp_path / name
+        return out, bundle_run(["configs/inference.json"], dataset_dir=dataset, ckpt_dir=models, output_dir=out, **TINY)
+
+    first, _ = infer("first", calibration["voxel_threshold"], calibration["model_sha256"])
+    foreground = [
+        nib.load(first / f"{seg.name[: -len('_seg.nii.gz')]}_ood.nii.gz").get_fdata()[nib.load(seg).get_fdata() > 0]
+        for seg in first.glob("*_seg.nii.gz")
+    ]
+    median = float(np.median(np.concatenate(foreground)))  # marks about half of the predicted foreground
+    marked_run, _ = infer("marked", median, calibration["model_sha256"])
+    marked = 0
+    for seg_path in marked_run.glob("*_seg.nii.gz"):
+        labels = nib.load(seg_path).get_fdata()
+        anomaly = nib.load(marked_run / f"{seg_path.name[: -len('_seg.nii.gz')]}_ood.nii.gz").get_fdata()
+        assert (anomaly[labels == SUSPECTED_OOD] > median).all()
+        assert (anomaly[(labels > 0) & (labels != SUSPECTED_OOD)] <= median).all()
+        marked += int((labels == SUSPECTED_OOD).sum())
+    assert marked > 0
+
+    other, log = infer("other_model", median, "0" * 64)  # calibrated for another model file
+    assert "calibrated for another model" in log
+    rows = list(csv.DictReader((other / "ood_cases.csv").open()))
+    assert rows and all(row["flag"] == "" for row in rows)
+    for seg_path in other.glob("*_seg.nii.gz"):
+        assert SUSPECTED_OOD not in np.unique(nib.load(seg_path).get_fdata())
 
 
 def test_evaluate_writes_metrics(trained, dataset, tmp_path):
@@ -136,6 +183,45 @@ def test_evaluate_writes_metrics(trained, dataset, tmp_path):
         assert 0.0 <= values["auroc"] <= 1.0 and 0.0 <= values["aupr"] <= 1.0
     rows = list(csv.DictReader((out / "per_case.csv").open()))
     assert sorted(r["group"] for r in rows) == ["test", "test", "test_ood", "test_ood"]
+
+
+def test_every_cascade_feeds_the_networks_the_training_intensities(trained, dataset):
+    """Calibration, evaluation and inference crop the image the validation run saw, HU-windowed the same way."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    def parsed(configs: list[str]) -> ConfigParser:
+        parser = ConfigParser()
+        parser.read_config([str(REPO / "configs" / name) for name in configs])
+        parser.read_meta(str(REPO / "metadata.json"))
+        overrides = {"dataset_dir": str(dataset), "ckpt_dir": str(trained / "models"), "num_workers": 0}
+        for key, value in {**overrides, **{k: json.loads(v) for k, v in TINY.items()}}.items():
+            parser[key] = value
+        return parser
+
+    train = parsed(["train.json"])
+    case = json.loads((dataset / "dataset.json").read_text())["validation"][0]
+    case = {key: str(dataset / value) for key, value in case.items()}
+    expected = Compose(
+        train.get_parsed_content("train#load_transforms") + train.get_parsed_content("intensity_transforms")
+    )(case)["image"]
+    assert float(expected.min()) >= 0.0 and float(expected.max()) <= 1.0
+    inference = parsed(["inference.json"])
+    pipelines = {
+        "calibration": train.get_parsed_content("calibrate#dataset#transform"),
+        "evaluation": parsed(["train.json", "evaluate.json"]).get_parsed_content("validate#dataset#transform"),
+        "inference": inference.get_parsed_content("preprocessing"),
+    }
+    for name, preprocessing in pipelines.items():
+        data = preprocessing({"image": case["image"]} if name == "inference" else case)
+        region = data["organ_region"]
+        box = tuple(slice(s, e) for s, e in zip(region["box_start"], region["box_end"], strict=True))
+        np.testing.assert_allclose(
+            np.asarray(data["image"]),
+            np.asarray(expected[(slice(None), *box)]),
+            atol=1e-5,
+            err_msg=f"{name} preprocessing differs from training's",
+        )
 
 
 def test_workflow_properties_and_network_io(trained, dataset):

@@ -60,6 +60,12 @@ def test_errors_name_what_is_missing(dataset: Path, tmp_path: Path):
     (broken / "dataset.json").write_text(json.dumps(data))
     with pytest.raises(DatasetError, match="ood_labels"):
         load_dataset_json(broken)
+    data = json.loads((dataset / "dataset.json").read_text())
+    data["validation"] = []
+    (broken / "dataset.json").write_text(json.dumps(data))
+    assert load_datalist(broken, "validation") == []
+    with pytest.raises(DatasetError, match="'validation' is empty"):
+        load_datalist(broken, "validation", allow_empty=False)
     (broken / "dataset.json").write_text("{oops")
     with pytest.raises(DatasetError, match="not valid JSON"):
         load_dataset_json(broken)

@@ -69,3 +69,21 @@ def test_case_writer_flags_against_the_calibrated_threshold(tmp_path):
     _run([_case("low", False, 1.0), _case("high", True, 3.0)], writer._started, writer._collect, writer._write)
     rows = list(csv.DictReader((tmp_path / "out" / "ood_cases.csv").open()))
     assert [(r["case"], r["flag"]) for r in rows] == [("high", "1"), ("low", "0")]
+
+
+@pytest.mark.parametrize(("max_epochs", "validated"), [(3, [3]), (7, [5, 7]), (10, [5, 10])])
+def test_validation_runs_at_the_interval_and_after_the_last_epoch(max_epochs, validated):
+    from ignite.engine import Engine, Events
+    from monai.engines import SupervisedEvaluator
+
+    from bundle.handlers import FinalEpochValidationHandler
+
+    trainer = Engine(lambda engine, batch: None)
+    evaluator = SupervisedEvaluator(
+        device="cpu", val_data_loader=[{"image": torch.zeros(1, 1)}], network=torch.nn.Identity()
+    )
+    seen = []
+    evaluator.add_event_handler(Events.STARTED, lambda _: seen.append(trainer.state.epoch))
+    FinalEpochValidationHandler(interval=5, validator=evaluator).attach(trainer)
+    trainer.run([0], max_epochs=max_epochs)
+    assert seen == validated

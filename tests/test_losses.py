@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 
-from bundle.losses import MaxQueryCriterion, ProbabilityDiceCELoss, QueryDistributionLoss, parse_query_groups
+from bundle.losses import (
+    MaxQueryCriterion,
+    ProbabilityDiceCELoss,
+    QueryCompactnessLoss,
+    QueryDistributionLoss,
+    parse_query_groups,
+)
 
 GROUPS = [[2, [0]], [2, [1]], [4, [2, 3]]]  # 8 queries; tumour classes 2 and 3 share a group
 N = 8
@@ -200,3 +206,53 @@ def test_criterion_drives_monai_supervised_trainer():
     loss = trainer.state.output["loss"]
     assert loss.dim() == 0 and torch.isfinite(loss)
     assert not torch.equal(before, net.decoder.query_feat)
+
+
+def centred_similarity(label: torch.Tensor, counts=(2, 2, 2, 2), spread: float = 0.0) -> torch.Tensor:
+    """Cosine similarities of voxels lying on the first centre of their class (``spread`` moves them off it)."""
+    classes = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    first = torch.tensor([sum(counts[:k]) for k in range(len(counts))])
+    similarity = torch.full((label.shape[0], len(classes), *label.shape[2:]), -0.5)
+    similarity.scatter_(1, first[label], 1.0 - spread)
+    return similarity
+
+
+def test_compactness_is_zero_exactly_when_every_voxel_sits_on_a_centre_of_its_class():
+    label = label_map(seed=3)
+    loss = QueryCompactnessLoss([2, 2, 2, 2])
+    assert loss(centred_similarity(label), label).item() == pytest.approx(0.0, abs=1e-6)
+    # on a centre of another class: the loss is 1 - (-0.5)
+    assert loss(centred_similarity((label + 1) % 4), label).item() == pytest.approx(1.5)
+    assert loss(centred_similarity(label, spread=0.2), label).item() == pytest.approx(0.2, abs=1e-6)
+
+
+def test_compactness_weighs_every_present_class_equally():
+    label = torch.zeros(1, 1, 10, 10, 1, dtype=torch.long)
+    label[0, 0, 0, 0] = 2  # one tumour voxel among 99 background ones
+    similarity = centred_similarity(label)
+    similarity[:, 4:6, 0, 0] = 0.0  # the tumour voxel is far from both tumour centres
+    # mean over classes (background 0, tumour 1), not over voxels (0.01)
+    assert QueryCompactnessLoss([2, 2, 2, 2])(similarity, label).item() == pytest.approx(0.5)
+
+
+def test_compactness_gradient_pulls_the_nearest_centre_of_the_own_class_only():
+    label = label_map(seed=4, shape=(1, 1, 4, 4, 4))
+    similarity = torch.rand(1, 8, 4, 4, 4, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    QueryCompactnessLoss([2, 2, 2, 2])(similarity, label).backward()
+    grad = similarity.grad[0].flatten(1)  # (N, V)
+    own = torch.repeat_interleave(torch.arange(4), 2)[:, None] == label.flatten()[None]
+    assert (grad[~own] == 0).all() and (grad[own] <= 0).all()
+    assert ((grad < 0).sum(0) == 1).all(), "exactly one centre (the nearest of the voxel's class) is pulled"
+
+
+def test_criterion_adds_the_compactness_of_the_final_layer():
+    label = label_map(seed=5)
+    z, m = F.one_hot(label[:, 0], 4).movedim(-1, 1).float(), perfect_query_probs(label)
+    outputs = {"pred": z, "query_probs": m, "query_similarity": centred_similarity(label, spread=0.3)}
+    base = MaxQueryCriterion(4, GROUPS, num_queries=N)(outputs, label)
+    with_compactness = MaxQueryCriterion(4, GROUPS, num_queries=N, compactness_weight=2.0, queries_per_class=[2] * 4)
+    torch.testing.assert_close(with_compactness(outputs, label), base + 2.0 * 0.3)
+    with pytest.raises(ValueError, match="queries_per_class"):
+        MaxQueryCriterion(4, GROUPS, compactness_weight=1.0)
+    with pytest.raises(KeyError, match="query_similarity"):
+        with_compactness({"pred": z, "query_probs": m}, label)

@@ -296,20 +296,43 @@ def test_suspected_ood_segment_is_the_foreground_above_the_voxel_threshold(clien
     assert map_params["ood_score"] == pytest.approx(params["ood_score"])
 
 
-def test_mark_suspected_ood_ignores_background() -> None:
-    import importlib.util
+def test_the_command_line_and_the_server_give_the_same_label_map(studies: Path, tmp_path: Path) -> None:
+    """`monai.bundle run` inference and POST /infer/maxquery: the same labels and suspected-OOD voxels."""
+    model = make_model(tmp_path / "model")
+    with monailabel_client(studies, app_conf(model)) as client:
+        plain, _, _ = infer(client, tmp_path, "case_b", ood_voxel_threshold=1e9)
+        anomaly, _, _ = infer(client, tmp_path, "case_b", model="maxquery_ood_map", result_dtype="uint8")
+        assert (plain > 0).any(), "the random test model should predict some foreground"
+        median = float(np.median(anomaly[plain > 0]))
+        calibration = {"threshold": 0.0, "voxel_threshold": median, "model_sha256": file_sha256(model)}
+        (model.parent / "ood_calibration.json").write_text(json.dumps(calibration))
+        served, _, params = infer(client, tmp_path, "case_b")
+    assert 0 < int((served == OOD_LABEL_VALUE).sum()) < int((served > 0).sum())
 
-    spec = importlib.util.spec_from_file_location("maxquery_app_transforms", APP_DIR / "lib" / "transforms.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+    cmd += ["--meta_file", "metadata.json", "--logging_file", "configs/logging.conf"]
+    cmd += ["--ckpt_dir", str(model.parent), "--output_dir", str(out), "--device", "$torch.device('cpu')"]
+    cmd += ["--datalist", json.dumps([{"image": str(studies / "case_b.nii.gz")}])]
+    for key, value in TINY_BUNDLE_OVERRIDES.items():
+        cmd += [f"--{key}", json.dumps(value)]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_array_equal(np.asanyarray(nib.load(out / "case_b_seg.nii.gz").dataobj), served)
+    row = (out / "ood_cases.csv").read_text().splitlines()[1].split(",")
+    assert float(row[1]) == pytest.approx(params["ood_score"], abs=1e-5) and row[2] == str(int(params["ood_flag"]))
+
+
+def test_mark_suspected_ood_ignores_background() -> None:
+    from bundle.ood import MarkSuspectedOODd
 
     label = torch.tensor([[[[0, 1, 2, 3]]]])
     anomaly = torch.tensor([[[[5.0, 5.0, 0.0, 5.0]]]])
-    out = module.MarkSuspectedOODd("pred", "ood", threshold=1.0, ood_value=9)({"pred": label, "ood": anomaly})
+    out = MarkSuspectedOODd("pred", "ood", threshold=1.0, ood_value=9)({"pred": label, "ood": anomaly})
     assert out["pred"].tolist() == [[[[0, 9, 2, 9]]]]
     assert out["ood_voxels"] == 2
     assert label.tolist() == [[[[0, 1, 2, 3]]]], "the input must not be modified"
-    unmarked = module.MarkSuspectedOODd("pred", "ood", threshold=None, ood_value=9)({"pred": label, "ood": anomaly})
+    unmarked = MarkSuspectedOODd("pred", "ood", threshold=None, ood_value=9)({"pred": label, "ood": anomaly})
     assert unmarked["pred"].tolist() == label.tolist()
 
 

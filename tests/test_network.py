@@ -73,7 +73,7 @@ def test_train_output_contract(model, image):
     model.train()
     out = model(image)
     n, layers = TINY["num_queries"], TINY["num_layers"]
-    expected = {"pred", "ood", "query_probs"} | {
+    expected = {"pred", "ood", "query_probs", "query_similarity"} | {
         f"aux_{i}_{s}" for i in range(layers - 1) for s in ("pred", "query_probs")
     }
     assert set(out) == expected
@@ -89,12 +89,16 @@ def test_train_output_contract(model, image):
     for i in range(layers - 1):
         torch.testing.assert_close(out[f"aux_{i}_pred"], per_layer[i]["pred"])
     torch.testing.assert_close(out["query_probs"], per_layer[-1]["query_probs"])
+    # the similarities are the final affinities without the temperature: cosines with normalised embeddings
+    similarity = out["query_similarity"].detach()
+    torch.testing.assert_close(similarity / model.head.temperature, per_layer[-1]["affinity"])
+    assert similarity.abs().max() <= 1.0 + 1e-5
     model.eval()
 
 
 def test_no_deep_supervision_returns_final_layer_only(image):
     net = tiny_model(deep_supervision=False).train()
-    assert set(net(image)) == {"pred", "ood", "query_probs"}
+    assert set(net(image)) == {"pred", "ood", "query_probs", "query_similarity"}
 
 
 def test_gradients_reach_queries_and_backbone(image):

@@ -27,3 +27,21 @@ def test_shipped_checkpoints_load_strictly_into_the_inference_config(repo_root):
 def test_shipped_calibration_records_the_shipped_model(repo_root):
     calibration = json.loads((repo_root / "models" / "ood_calibration.json").read_text())
     assert calibration["model_sha256"] == file_sha256(repo_root / "models" / "model.pt")
+
+
+def test_the_records_agree_with_the_benchmark_and_the_version(repo_root):
+    import tomllib
+
+    import bundle
+
+    metadata = json.loads((repo_root / "metadata.json").read_text())
+    assert metadata["version"] == bundle.__version__ and bundle.__version__ in metadata["changelog"]
+    pyproject = tomllib.loads((repo_root / "pyproject.toml").read_text())
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "bundle.__version__"}
+    results = json.loads((repo_root / "docs" / "benchmark" / "results.json").read_text())
+    shipped = results["models"]["c_mask_transformer_qd"]["metrics"]
+    expected = {f"{name}_dice": value for name, value in shipped["dice"].items() if name != "background"}
+    maxquery = shipped["pixel_ood"]["maxquery"]
+    expected.update({f"maxquery_pixel_{key}": maxquery[key] for key in ("auroc", "aupr", "fpr95")})
+    expected["maxquery_case_auroc"] = shipped["case_ood"]["maxquery"]["auroc"]
+    assert metadata["eval_metrics"] == {key: round(value, 3) for key, value in expected.items()}

@@ -54,3 +54,30 @@ def test_non_finite_image_is_refused():
     image[0, 1, 1, 1] = float("nan")
     with pytest.raises(InvalidVolumeError, match="NaN"):
         ValidateVolumed("image")({"image": image})
+
+
+def _save_and_load(tmp_path, image_affine: np.ndarray, label_affine: np.ndarray | None = None) -> dict:
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), image_affine), tmp_path / "img.nii.gz")
+    data, keys = {"image": str(tmp_path / "img.nii.gz")}, ["image"]
+    if label_affine is not None:
+        nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.uint8), label_affine), tmp_path / "lbl.nii.gz")
+        data["label"], keys = str(tmp_path / "lbl.nii.gz"), ["image", "label"]
+    return Compose([LoadImaged(keys, image_only=True), EnsureChannelFirstd(keys)])(data)
+
+
+def test_a_label_shifted_off_its_image_grid_is_refused(tmp_path):
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    shifted = affine.copy()
+    shifted[0, 3] = 10.0  # the label's grid is 10 mm away from the image's
+    with pytest.raises(InvalidVolumeError, match=r"lbl\.nii\.gz.*not its geometry.*10 mm"):
+        ValidateVolumed("image", label_keys="label")(_save_and_load(tmp_path, affine, shifted))
+    header_rounding = affine.copy()
+    header_rounding[0, 3] = 1e-4
+    ValidateVolumed("image", label_keys="label")(_save_and_load(tmp_path, affine, header_rounding))
+
+
+def test_an_image_whose_voxel_axes_are_not_independent_is_refused(tmp_path):
+    singular = np.diag([2.0, 2.0, 3.0, 1.0])
+    singular[:3, 1] = singular[:3, 0]  # the second voxel axis points along the first
+    with pytest.raises(InvalidVolumeError, match=r"img\.nii\.gz.*singular direction matrix"):
+        ValidateVolumed("image")(_save_and_load(tmp_path, singular))

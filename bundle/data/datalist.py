@@ -103,13 +103,17 @@ def load_dataset_json(dataset_dir: str | Path) -> dict:
     return data
 
 
-def load_datalist(dataset_dir: str | Path, key: str = "training", check_files: bool = True) -> list[dict]:
+def load_datalist(
+    dataset_dir: str | Path, key: str = "training", check_files: bool = True, allow_empty: bool = True
+) -> list[dict]:
     """Load one case list with absolute paths (via ``monai.data.load_decathlon_datalist``).
 
     Args:
         dataset_dir: the dataset folder (paths in the list are relative to it).
         key: list to load, e.g. ``training``, ``validation``, ``test``, ``test_ood``.
         check_files: verify that every image and label file exists.
+        allow_empty: accept an empty list; training passes ``False`` for its training and validation lists, which
+            it cannot do without (model selection and the OOD calibration use the validation cases).
 
     Returns:
         A list of dicts with absolute ``image`` (and ``label``) paths.
@@ -126,6 +130,8 @@ def load_datalist(dataset_dir: str | Path, key: str = "training", check_files: b
         present = [k for k in data if isinstance(data[k], list)]
         raise DatasetError(f"{path}: no case list '{key}' (lists present: {', '.join(present) or 'none'})")
     root = path.parent.resolve()
+    if not data[key] and not allow_empty:
+        raise DatasetError(f"{path}: the case list '{key}' is empty; it needs at least one case.")
     items = load_decathlon_datalist(path, is_segmentation=True, data_list_key=key, base_dir=root)
     if check_files:
         for i, item in enumerate(items):

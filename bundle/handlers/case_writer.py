@@ -13,7 +13,7 @@ from monai.utils import min_version, optional_import
 
 from bundle.data.files import atomic_write_text
 from bundle.handlers.naming import case_name
-from bundle.ood.calibration import load_calibration
+from bundle.ood.calibration import calibrated_thresholds
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
@@ -27,12 +27,14 @@ class OODCaseWriter:
     """Collect each case's OOD score and write ``case,score,flag,message`` rows when the run completes.
 
     The flag is ``score > threshold``, the case threshold calibrated on inlier validation data and stored next to
-    the model (``ood_calibration.json``). Without a calibration file the flag column is left empty and a warning
-    says so. The CSV is written in one step at the end, so an interrupted run leaves no partial table.
+    the model (``ood_calibration.json``), read by :func:`~bundle.ood.calibration.calibrated_thresholds`. Without a
+    usable calibration for this model (no file, or one calibrated for another model) the flag column is left empty
+    and a warning says why. The CSV is written in one step at the end, so an interrupted run leaves no partial table.
 
     Args:
         output_dir: folder of the CSV.
         calibration_path: the calibration JSON written after training; ignored when ``threshold`` is given.
+        model_path: the model file whose calibration it must be (its sha256 is checked); ``None`` skips the check.
         score_key: key of the case score in each post-processed item.
         filename: name of the CSV.
         threshold: explicit case threshold overriding the calibration file.
@@ -48,9 +50,11 @@ class OODCaseWriter:
         filename: str = "ood_cases.csv",
         threshold: float | None = None,
         region_key: str | None = "organ_region",
+        model_path: str | None = None,
     ) -> None:
         self.path = Path(output_dir) / filename
         self.calibration_path = calibration_path
+        self.model_path = model_path
         self.score_key = score_key
         self.threshold = threshold
         self.region_key = region_key
@@ -65,12 +69,10 @@ class OODCaseWriter:
     def _started(self, engine: Engine) -> None:
         self.rows = []
         if self.threshold is None and self.calibration_path is not None:
-            if Path(self.calibration_path).is_file():
-                self.threshold = float(load_calibration(self.calibration_path)["threshold"])
-            else:
-                logger.warning(
-                    "no OOD calibration at %s: ood_cases.csv will have an empty flag column.", self.calibration_path
-                )
+            calibrated = calibrated_thresholds(self.calibration_path, self.model_path)
+            self.threshold = calibrated.case_threshold
+            if calibrated.warning:
+                logger.warning("%s ood_cases.csv will have an empty flag column.", calibrated.warning)
 
     def _collect(self, engine: Engine) -> None:
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [None] * len(engine.state.output)

@@ -1,7 +1,8 @@
-"""Losses: Dice+CE on probabilities, query-distribution loss and the combined training criterion."""
+"""Losses: Dice+CE on probabilities, query-distribution and query-compactness losses, the combined criterion."""
 
 from __future__ import annotations
 
+from .compactness import QueryCompactnessLoss
 from .criterion import MaxQueryCriterion
 from .query_distribution import QueryDistributionLoss, parse_query_groups
 from .segmentation import ProbabilityDiceCELoss, as_index_label, dice_ce_from_probs
@@ -9,6 +10,7 @@ from .segmentation import ProbabilityDiceCELoss, as_index_label, dice_ce_from_pr
 __all__ = [
     "MaxQueryCriterion",
     "ProbabilityDiceCELoss",
+    "QueryCompactnessLoss",
     "QueryDistributionLoss",
     "as_index_label",
     "dice_ce_from_probs",

@@ -1,4 +1,5 @@
-"""Training criterion of the mask transformer: segmentation loss + QD loss, with deep supervision."""
+"""Training criterion of the mask transformer: segmentation loss + QD loss (+ query compactness), with deep
+supervision."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from .compactness import QueryCompactnessLoss
 from .query_distribution import QueryDistributionLoss
 from .segmentation import ProbabilityDiceCELoss
 
@@ -22,7 +24,10 @@ class MaxQueryCriterion(nn.Module):
 
     For each decoder layer ``j`` present in ``outputs`` (``aux_0 .. aux_{L-2}`` and the final one) the loss is
     ``seg_weight * DiceCE(Z_j) + qd_weight * QD(M_j)``; layers are combined with normalised weights
-    (``sum_j w_j loss_j / sum_j w_j`` over the layers present), so the scale does not depend on ``L``.
+    (``sum_j w_j loss_j / sum_j w_j`` over the layers present), so the scale does not depend on ``L``. With
+    ``compactness_weight > 0``, ``compactness_weight`` times the
+    :class:`~bundle.losses.compactness.QueryCompactnessLoss` of the final layer's similarities
+    (``"query_similarity"``, the layer MaxQuery reads) is added.
 
     Args:
         num_classes: number ``K`` of inlier classes.
@@ -37,6 +42,9 @@ class MaxQueryCriterion(nn.Module):
         num_queries: optional number of queries, to validate ``query_groups`` early.
         batch_dice: batch Dice (nnU-Net style) in both terms.
         include_background: include the background channel in the segmentation Dice.
+        compactness_weight: weight of the query-compactness loss; 0 disables it.
+        queries_per_class: the number of queries of each class (fixed query classes), needed by the compactness
+            loss.
     """
 
     def __init__(
@@ -49,6 +57,8 @@ class MaxQueryCriterion(nn.Module):
         num_queries: int | None = None,
         batch_dice: bool = True,
         include_background: bool = True,
+        compactness_weight: float = 0.0,
+        queries_per_class: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(deep_supervision_weights, str) and deep_supervision_weights != "auto":
@@ -69,6 +79,12 @@ class MaxQueryCriterion(nn.Module):
             if query_groups is not None and qd_weight > 0
             else None
         )
+        if compactness_weight < 0:
+            raise ValueError(f"compactness_weight must be non-negative, got {compactness_weight}.")
+        if compactness_weight > 0 and queries_per_class is None:
+            raise ValueError("the compactness loss needs queries_per_class (the fixed class of every query).")
+        self.compactness_weight = float(compactness_weight)
+        self.compactness_loss = QueryCompactnessLoss(queries_per_class) if compactness_weight > 0 else None
 
     def layer_weights(self, num_layers: int) -> list[float]:
         """Un-normalised weight of each decoder layer (layer order, final last) for ``num_layers`` layers."""
@@ -129,4 +145,11 @@ class MaxQueryCriterion(nn.Module):
             norm += w
         if total is None:
             raise ValueError("all deep-supervision weights of the layers present are zero.")
-        return total / norm
+        total = total / norm
+        if self.compactness_loss is not None:
+            if "query_similarity" not in outputs:
+                raise KeyError("the compactness loss needs 'query_similarity' in the network outputs.")
+            total = total + self.compactness_weight * self.compactness_loss.loss_flat(
+                outputs["query_similarity"], target
+            )
+        return total

@@ -125,6 +125,10 @@ class MaskClassificationHead(nn.Module):
     def _scale(self) -> torch.Tensor:
         return self.log_scale.float().clamp(-math.log(100.0), math.log(100.0)).exp()
 
+    def similarity(self, affinity: torch.Tensor) -> torch.Tensor:
+        """Affinities without the temperature: ``P C^T``, a cosine in ``[-1, 1]`` with normalised embeddings."""
+        return affinity / self._scale()
+
     def embed_pixels(self, embedding: torch.Tensor) -> torch.Tensor:
         """Per-voxel embedding ``P`` in token layout, float32, L2-normalised if configured.
 

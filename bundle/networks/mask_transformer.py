@@ -48,7 +48,8 @@ class MaskTransformer(nn.Module):
       :func:`split_prediction`), so that
       ``SlidingWindowInferer``, ``torch.jit.trace`` and bundle export work unchanged;
     - train: a dict with ``"pred"`` Z ``(B, K, ...)``, ``"ood"`` A ``(B, 1, ...)``, ``"query_probs"`` M
-      ``(B, N, ...)`` of the last layer and, with ``deep_supervision``, ``"aux_{i}_pred"`` and
+      ``(B, N, ...)`` and ``"query_similarity"`` ``R * temperature`` ``(B, N, ...)`` (for the compactness loss) of
+      the last layer and, with ``deep_supervision``, ``"aux_{i}_pred"`` and
       ``"aux_{i}_query_probs"`` of decoder layers ``i = 0 .. L-2``. ``"ood"`` is detached (it is not a training
       target), so the affinities need not be kept for the backward pass.
 
@@ -220,6 +221,7 @@ class MaskTransformer(nn.Module):
             del affinity
             out = torch.cat([classes, anomaly], dim=-1).transpose(1, 2)
             return out.reshape(x.shape[0], -1, *spatial).contiguous()
+        similarity = self.head.similarity(affinity[:, :, -1])
         del affinity
         # unbind (not indexing): its backward stacks the per-layer gradients in one pass
         seg_layers, prob_layers = seg.unbind(2), query_probs.unbind(2)
@@ -227,6 +229,7 @@ class MaskTransformer(nn.Module):
             "pred": to_channel_first(seg_layers[-1], spatial),
             "ood": to_channel_first(anomaly, spatial),
             "query_probs": to_channel_first(prob_layers[-1], spatial),
+            "query_similarity": to_channel_first(similarity, spatial),
         }
         for i in range(len(seg_layers) - 1):
             out[f"aux_{i}_pred"] = to_channel_first(seg_layers[i], spatial)

@@ -1,4 +1,4 @@
-"""Calibrate and store the case-level OOD flagging threshold."""
+"""Calibrate, store and read back the OOD thresholds (case flag and suspected-OOD voxels) of a model."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,9 @@ from bundle.data.files import atomic_write_text
 __all__ = [
     "MODEL_HASH_KEY",
     "CalibrationError",
+    "OODThresholds",
     "calibrate_threshold",
+    "calibrated_thresholds",
     "check_model_hash",
     "empirical_fpr",
     "file_sha256",
@@ -166,3 +169,72 @@ def _validate(data: dict, where: str) -> None:
         isinstance(recorded, str) and len(recorded) == 64 and all(c in "0123456789abcdef" for c in recorded)
     ):
         raise CalibrationError(f"{where}: '{MODEL_HASH_KEY}' must be a sha256 in lower-case hex, got {recorded!r}.")
+
+
+@dataclass(frozen=True)
+class OODThresholds:
+    """The thresholds that turn MaxQuery anomaly values into decisions.
+
+    Attributes:
+        case_threshold: case score above which a case is flagged as OOD (``None``: no flag).
+        voxel_threshold: anomaly value above which a predicted organ/lesion voxel is marked suspected OOD (``None``:
+            nothing is marked).
+        source: where the values come from, for results and logs (file names, never full paths).
+        warning: why the thresholds are missing, if they are.
+        model_checked: the calibration records the hash of the model it is used with (``False`` for calibrations
+            written before the hash was recorded, and for missing thresholds).
+    """
+
+    case_threshold: float | None
+    voxel_threshold: float | None
+    source: str
+    warning: str | None = None
+    model_checked: bool = False
+
+
+def _finite_or_none(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def calibrated_thresholds(calibration_path: str | os.PathLike, model: str | os.PathLike | None = None) -> OODThresholds:
+    """The thresholds of a model's calibration file, or none at all with the reason, never another model's.
+
+    The command line (``configs/inference.json``) and the MONAI Label app both read thresholds through this
+    function. Nothing raises: a model must still segment without a usable calibration, it then flags no case and
+    marks no voxel, and ``warning`` says why.
+
+    Args:
+        calibration_path: the calibration JSON written after training (``ood_calibration.json``).
+        model: the model file the thresholds are for, or its sha256; ``None`` skips the check.
+
+    Returns:
+        both thresholds, or ``None`` for both (with ``warning``) when the file is missing, unreadable, lacks a
+        finite ``threshold`` or ``voxel_threshold``, or was calibrated for another model.
+    """
+    path = Path(calibration_path)
+    name = path.name
+    if not path.is_file():
+        return OODThresholds(
+            None,
+            None,
+            "none",
+            f"no OOD calibration file ({name}): the model is not calibrated, "
+            "so no case is flagged and no voxel is marked suspected OOD.",
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        for key in ("threshold", "voxel_threshold"):
+            if _finite_or_none(data.get(key)) is None:
+                raise ValueError(f"'{key}' is missing or not a finite number")
+        checked = model is not None and check_model_hash(data, model, name, warn=False)
+    except CalibrationError as error:
+        return OODThresholds(
+            None, None, "none", f"OOD calibration refused: {error} No case is flagged and no voxel is marked."
+        )
+    except (OSError, ValueError) as error:
+        return OODThresholds(None, None, "none", f"ignoring the OOD calibration file {name}: {error}")
+    return OODThresholds(float(data["threshold"]), float(data["voxel_threshold"]), name, model_checked=checked)

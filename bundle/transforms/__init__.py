@@ -1,7 +1,7 @@
 """MONAI dictionary transforms specific to the bundle's inputs."""
 
 from .organ_region import LocaliseOrgand, PasteOrganRegiond, box_with_margin, largest_component
-from .validation import InvalidVolumeError, ValidateVolumed, source_name
+from .validation import InvalidVolumeError, ValidateVolumed, geometry_problem, label_geometry_problem, source_name
 
 __all__ = [
     "InvalidVolumeError",
@@ -9,6 +9,8 @@ __all__ = [
     "PasteOrganRegiond",
     "ValidateVolumed",
     "box_with_margin",
+    "geometry_problem",
+    "label_geometry_problem",
     "largest_component",
     "source_name",
 ]

@@ -10,7 +10,17 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-__all__ = ["InvalidVolumeError", "ValidateVolumed", "source_name"]
+__all__ = [
+    "AFFINE_TOLERANCE_MM",
+    "InvalidVolumeError",
+    "ValidateVolumed",
+    "geometry_problem",
+    "label_geometry_problem",
+    "source_name",
+]
+
+#: how far (mm) a label's voxel-to-world affine may differ from its image's
+AFFINE_TOLERANCE_MM = 1e-2
 
 
 class InvalidVolumeError(ValueError):
@@ -30,11 +40,47 @@ def source_name(data: Mapping[Hashable, object], key: Hashable) -> str:
     return f"<{key}>"
 
 
+def geometry_problem(affine: object) -> str | None:
+    """Why a voxel-to-world affine cannot be resampled, or ``None`` when it can.
+
+    Reorientation and resampling need positive voxel spacings and independent voxel axes: a singular direction
+    matrix otherwise fails deep inside MONAI (``Unable to find out axis ... in start_ornt``).
+    """
+    matrix = np.asarray(affine, dtype=np.float64)
+    if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
+        return "has no finite 4x4 voxel-to-world affine"
+    axes = matrix[:3, :3]
+    spacing = np.linalg.norm(axes, axis=0)
+    if (spacing < 1e-6).any():
+        return f"has a voxel spacing that is not positive ({', '.join(f'{v:.6g}' for v in spacing)} mm)"
+    directions = axes / spacing
+    if abs(np.linalg.det(directions)) < 1e-3:
+        return "has a singular direction matrix (its voxel axes are not independent), so it cannot be reoriented"
+    return None
+
+
+def label_geometry_problem(label_affine: object, image_affine: object) -> str | None:
+    """Why a label with its image's shape is still not on its image's grid, or ``None`` when it is.
+
+    The affines may differ by :data:`AFFINE_TOLERANCE_MM` (and a relative ``1e-4``), the rounding of file headers.
+    """
+    label, image = np.asarray(label_affine, dtype=np.float64), np.asarray(image_affine, dtype=np.float64)
+    if label.shape == image.shape and np.allclose(label, image, atol=AFFINE_TOLERANCE_MM, rtol=1e-4):
+        return None
+    difference = float(np.abs(label - image).max()) if label.shape == image.shape else float("inf")
+    return (
+        f"has the image's shape but not its geometry (the voxel-to-world affine differs by up to {difference:.3g} mm); "
+        "save the label on the image's grid"
+    )
+
+
 class ValidateVolumed(MapTransform):
     """Check channel-first volumes right after loading, before anything is written or cached.
 
-    Checks that each image key holds a single-channel 3D volume with finite values, that each label key holds
-    integer values from ``allowed_labels`` only, and that labels share the image's spatial shape.
+    Checks that each image key holds a single-channel 3D volume with finite values and a usable geometry (positive
+    spacing, independent voxel axes: :func:`geometry_problem`), that each label key holds integer values from
+    ``allowed_labels`` only, and that labels share the image's spatial shape and affine
+    (:func:`label_geometry_problem`).
 
     Args:
         keys: the image keys to check.
@@ -74,11 +120,17 @@ class ValidateVolumed(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         image_shape: tuple[int, ...] | None = None
+        image_affine = None
         for key in self.key_iterator(d):
             image_shape = self._check_shape(d, key)
             values = torch.as_tensor(d[key])
             if not bool(torch.isfinite(values).all()):
                 raise InvalidVolumeError(f"{source_name(d, key)}: '{key}' contains NaN or infinite values.")
+            if isinstance(d[key], MetaTensor):
+                image_affine = d[key].affine
+                problem = geometry_problem(image_affine)
+                if problem:
+                    raise InvalidVolumeError(f"{source_name(d, key)}: '{key}' {problem}.")
         for key in self.label_keys:
             if key not in d:
                 if self.allow_missing_keys:
@@ -89,6 +141,10 @@ class ValidateVolumed(MapTransform):
                 raise InvalidVolumeError(
                     f"{source_name(d, key)}: label shape {label_shape} does not match the image shape {image_shape}."
                 )
+            if image_affine is not None and isinstance(d[key], MetaTensor):
+                problem = label_geometry_problem(d[key].affine, image_affine)
+                if problem:
+                    raise InvalidVolumeError(f"{source_name(d, key)}: label '{key}' {problem}.")
             values = np.unique(np.asarray(torch.as_tensor(d[key]).detach().cpu()))
             if not np.all(np.equal(np.mod(values, 1), 0)):
                 raise InvalidVolumeError(f"{source_name(d, key)}: label '{key}' holds non-integer values.")

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,44 +16,24 @@ import torch
 from torch import nn
 
 from bundle.data.files import atomic_write
-from bundle.ood.calibration import MODEL_HASH_KEY, CalibrationError, check_model_hash, file_sha256
+from bundle.ood.calibration import (
+    MODEL_HASH_KEY,
+    CalibrationError,
+    OODThresholds,
+    calibrated_thresholds,
+    check_model_hash,
+    file_sha256,
+)
 
 from .bundle_config import BundleConfig
 from .errors import ModelNotFoundError, NotFoundError
 
-__all__ = ["DEFAULT_KEEP_BACKUPS", "ModelStore", "OODThresholds"]
+__all__ = ["DEFAULT_KEEP_BACKUPS", "ModelStore"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_KEEP_BACKUPS = 5
 BACKUP_NAME = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9]{6}-[0-9a-f]{12}")
-
-
-@dataclass(frozen=True)
-class OODThresholds:
-    """The thresholds that turn MaxQuery anomaly values into decisions.
-
-    Attributes:
-        case_threshold: case score above which a case is flagged as OOD (``None``: unknown).
-        voxel_threshold: anomaly value above which a predicted organ/lesion voxel is marked suspected OOD.
-        source: where the values come from, for the result and the logs (file names, never server paths).
-        warning: why a threshold is missing, if one is.
-    """
-
-    case_threshold: float | None
-    voxel_threshold: float | None
-    source: str
-    warning: str | None = None
-
-
-def _finite_or_none(value: object) -> float | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        value = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
 
 
 def _copy_file(source: Path, destination: Path) -> None:
@@ -193,53 +171,32 @@ class ModelStore:
             self._warned.add(message)
             logger.warning(message)
 
-    def calibration(self) -> tuple[dict[str, Any], str | None]:
-        """The calibration of the current model, and a warning if there is none that can be used.
-
-        Returns:
-            ``(calibration, warning)``: ``({}, reason)`` without a file, with an unreadable file, with thresholds
-            that are not finite numbers, or with a calibration recorded for another model file.
-        """
-        name = self.calibration_path.name
-        if not self.calibration_path.is_file():
-            return {}, (
-                f"no OOD calibration file ({name}): the model is not calibrated, so no case is flagged and no voxel is "
-                "marked suspected OOD (train with POST /train/maxquery to calibrate)."
+    def calibrated(self) -> OODThresholds:
+        """The thresholds of the current model's calibration (none, with the reason, where it cannot be used)."""
+        calibrated = calibrated_thresholds(self.calibration_path, self.model_sha256())
+        if calibrated.warning and calibrated.warning.startswith("OOD calibration refused"):
+            self._warn_once(calibrated.warning)
+        elif calibrated.case_threshold is not None and not calibrated.model_checked:
+            self._warn_once(
+                f"OOD calibration {self.calibration_path} records no model hash ({MODEL_HASH_KEY}); it is used as it "
+                "is, but cannot be checked against the model. Recalibrate (train) to record it."
             )
-        try:
-            calibration = json.loads(self.calibration_path.read_text())
-            if not isinstance(calibration, dict):
-                raise ValueError("not a JSON object")
-            for key in ("threshold", "voxel_threshold"):
-                if _finite_or_none(calibration.get(key)) is None:
-                    raise ValueError(f"'{key}' is missing or not a finite number")
-            digest = self.model_sha256()
-            if digest is not None and not check_model_hash(calibration, digest, name, warn=False):
-                self._warn_once(
-                    f"OOD calibration {self.calibration_path} records no model hash ({MODEL_HASH_KEY}); it is used as "
-                    "it is, but cannot be checked against the model. Recalibrate (train) to record it."
-                )
-        except CalibrationError as error:
-            self._warn_once(f"OOD calibration refused: {error}")
-            return {}, f"OOD calibration refused: {error} No case is flagged and no voxel is marked."
-        except (OSError, ValueError) as error:
-            return {}, f"ignoring the OOD calibration file {name}: {error}"
-        return calibration, None
+        return calibrated
 
     def thresholds(self) -> OODThresholds:
         """The case and voxel thresholds: the conf overrides, else the calibration of the current model."""
         case, voxel = self.case_threshold_override, self.voxel_threshold_override
         if case is not None and voxel is not None:
             return OODThresholds(case, voxel, "app configuration")
-        calibrated, warning = self.calibration()
-        case = case if case is not None else _finite_or_none(calibrated.get("threshold"))
-        voxel = voxel if voxel is not None else _finite_or_none(calibrated.get("voxel_threshold"))
-        source = self.calibration_path.name if calibrated else "none"
+        calibrated = self.calibrated()
+        case = case if case is not None else calibrated.case_threshold
+        voxel = voxel if voxel is not None else calibrated.voxel_threshold
+        source = calibrated.source
         if self.case_threshold_override is not None or self.voxel_threshold_override is not None:
             source = f"{source} + app configuration"
-        if warning:
-            logger.debug(warning)
-        return OODThresholds(case, voxel, source, warning)
+        if calibrated.warning:
+            logger.debug(calibrated.warning)
+        return OODThresholds(case, voxel, source, calibrated.warning, calibrated.model_checked)
 
     # -- publishing, backups, restoring ------------------------------------------------------------------------------
 
@@ -365,15 +322,15 @@ class ModelStore:
     def summary(self) -> dict[str, Any]:
         """What ``/info/`` shows about the model: file names (never server paths), hash, thresholds, backups."""
         thresholds = self.thresholds()
-        calibration, warning = self.calibration()
+        calibrated = self.calibrated()
         return {
             "model_file": self.model_path.name,
             "model_available": self.model_available(),
             "model_sha256": self.model_sha256(),
             "model_version": self.model_version(),
             "calibration_file": self.calibration_path.name,
-            "calibration_verified": bool(calibration) and calibration.get(MODEL_HASH_KEY) is not None,
-            "calibration_warning": warning,
+            "calibration_verified": calibrated.model_checked,
+            "calibration_warning": calibrated.warning,
             "ood_threshold": thresholds.case_threshold,
             "ood_voxel_threshold": thresholds.voxel_threshold,
             "ood_thresholds_source": thresholds.source,

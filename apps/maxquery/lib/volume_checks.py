@@ -10,13 +10,14 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import EnsureChannelFirstd, LoadImaged
 
+from bundle.transforms.validation import geometry_problem, label_geometry_problem
+
 from .errors import InvalidInputError, short_error
 
 __all__ = ["LABEL_EXTENSIONS", "VOLUME_EXTENSIONS", "check_image", "check_label", "load_volume", "volume_extension"]
 
 VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")
 LABEL_EXTENSIONS = (*VOLUME_EXTENSIONS, ".bin")
-AFFINE_TOLERANCE_MM = 1e-2
 
 
 def volume_extension(filename: str, allowed: Iterable[str] = VOLUME_EXTENSIONS, what: str = "file") -> str:
@@ -40,7 +41,8 @@ def load_volume(path: str, what: str) -> MetaTensor:
         what: how to name the file in error messages (e.g. ``"uploaded image 'case_01'"``).
 
     Raises:
-        InvalidInputError: unreadable file, not 3D, several channels, a dimension below 2 voxels, NaN/inf values.
+        InvalidInputError: unreadable file, not 3D, several channels, a dimension below 2 voxels, NaN/inf values, a
+            geometry that cannot be resampled (the bundle's :func:`~bundle.transforms.validation.geometry_problem`).
     """
     try:
         data = LoadImaged(keys="volume", image_only=True)({"volume": path})
@@ -58,6 +60,9 @@ def load_volume(path: str, what: str) -> MetaTensor:
         raise InvalidInputError(f"{what} is not a 3D volume: spatial shape {shape[1:]} has a dimension below 2.")
     if not bool(torch.isfinite(volume).all()):
         raise InvalidInputError(f"{what} contains NaN or infinite values.")
+    problem = geometry_problem(volume.affine)
+    if problem:
+        raise InvalidInputError(f"{what} {problem}.")
     return volume
 
 
@@ -80,12 +85,9 @@ def check_label(label_path: str, image_path: str, allowed_values: Iterable[int],
             f"{what} has spatial shape {tuple(label.shape[1:])}, but its image has {tuple(image.shape[1:])}; "
             "a label map must be on the image's voxel grid."
         )
-    label_affine, image_affine = np.asarray(label.affine, float), np.asarray(image.affine, float)
-    if not np.allclose(label_affine, image_affine, atol=AFFINE_TOLERANCE_MM, rtol=1e-4):
-        raise InvalidInputError(
-            f"{what} has the image's shape but not its geometry (voxel-to-world affine differs by up to "
-            f"{np.abs(label_affine - image_affine).max():.3g} mm); save the label on the image's grid."
-        )
+    problem = label_geometry_problem(label.affine, image.affine)
+    if problem:
+        raise InvalidInputError(f"{what} {problem}.")
     values = np.unique(np.asarray(label))
     if not np.all(np.equal(np.mod(values, 1), 0)):
         raise InvalidInputError(f"{what} holds non-integer values; a label map holds class indices.")

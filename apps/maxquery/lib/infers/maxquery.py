@@ -17,10 +17,11 @@ from monailabel.transform.writer import Writer
 from monailabel.utils.others.generic import device_list
 from torch import nn
 
+from bundle.ood import MarkSuspectedOODd, OODThresholds
+
 from ..bundle_config import BundleConfig
 from ..errors import InvalidInputError, ModelNotFoundError, short_error
-from ..model_store import ModelStore, OODThresholds
-from ..transforms import MarkSuspectedOODd
+from ..model_store import ModelStore
 
 __all__ = ["SUSPECTED_OOD", "MaxQueryAnomalyMap", "MaxQueryInferTask", "MaxQuerySegmentation", "number_or_none"]
 
@@ -155,7 +156,9 @@ class MaxQueryInferTask(BasicInferTask):
         return None
 
     def bundle_post_transforms(self, stop_before_invert: bool = False) -> list[Callable]:
-        """The bundle's ``postprocessing`` without its file writers (the app returns the result instead).
+        """The bundle's ``postprocessing`` without its file writers (the app returns the result instead) and without
+        its suspected-OOD marking, which the segmentation task applies with the same transform and the thresholds of
+        the served model (or of the request).
 
         Args:
             stop_before_invert: keep only the transforms before ``Invertd`` (enough for the case score).
@@ -164,7 +167,7 @@ class MaxQueryInferTask(BasicInferTask):
         for transform in self.bundle.inference.get_parsed_content("postprocessing").transforms:
             if stop_before_invert and isinstance(transform, Invertd):
                 break
-            if not isinstance(transform, SaveImaged):
+            if not isinstance(transform, (SaveImaged, MarkSuspectedOODd)):
                 transforms.append(transform)
         return transforms
 

@@ -1,4 +1,8 @@
-"""Dictionary transforms of the app's inference output."""
+"""Suspected-OOD marking: the predicted organ/lesion voxels whose anomaly exceeds the calibrated voxel threshold.
+
+Command-line inference (``configs/inference.json``) and the MONAI Label app apply the same transform with the
+thresholds of :func:`bundle.ood.calibration.calibrated_thresholds`, so both give the same label map.
+"""
 
 from __future__ import annotations
 

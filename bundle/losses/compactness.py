@@ -1,0 +1,67 @@
+"""Query-compactness loss: pull every labelled voxel onto a cluster centre of its own class.
+
+MaxQuery reads ``-max_n R`` as an anomaly score: it works when inlier voxels lie close to some centre of their class
+and unseen lesions lie close to none. The segmentation and QD losses act on ``M = softmax_n(R)``, which is invariant
+to a common shift of a voxel's affinities, so they separate the clusters from each other without making any cluster
+tight. This loss adds what the softmax ignores, the absolute similarity to the nearest centre of the voxel's class,
+as the centre loss of open-set recognition does for features (Wen et al., ECCV 2016), with the cluster centres of
+the mask transformer in the role of the class centres. It is off by default: on the phantom benchmark it kept the
+Dice but lowered MaxQuery (``docs/benchmark/README.md``, variant g), pulling OOD tissue onto the centres too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .segmentation import ProbabilityDiceCELoss
+
+__all__ = ["QueryCompactnessLoss"]
+
+
+class QueryCompactnessLoss(nn.Module):
+    """``mean_k mean_{v: y_v = k} (1 - max_{n in Q_k} s[n, v])`` over the classes present in the batch.
+
+    ``s`` is the similarity of voxel embeddings and cluster centres before the temperature (a cosine with normalised
+    embeddings, so each term lies in ``[0, 2]``), ``Q_k`` the queries of class ``k``. Averaging per class first lets
+    a small tumour weigh as much as the background. The loss is 0 exactly when every labelled voxel's embedding
+    coincides with a centre of its class.
+
+    Args:
+        queries_per_class: number of queries of each class, in query order (the fixed query classes of
+            :class:`~bundle.networks.MaskTransformer`).
+    """
+
+    def __init__(self, queries_per_class: Sequence[int]) -> None:
+        super().__init__()
+        counts = [int(n) for n in queries_per_class]
+        if len(counts) < 2 or any(n < 1 for n in counts):
+            raise ValueError(f"queries_per_class needs at least two positive counts, got {list(queries_per_class)}.")
+        self.counts = counts
+        self.num_classes = len(counts)
+        self.num_queries = sum(counts)
+
+    def loss_flat(self, similarity: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Loss of ``(B, N, *spatial)`` similarities against a flattened, validated ``(B, V)`` class target."""
+        if similarity.shape[1] != self.num_queries:
+            raise ValueError(
+                f"queries_per_class {self.counts} name {self.num_queries} queries but the similarities have "
+                f"{similarity.shape[1]} channels."
+            )
+        with torch.autocast(device_type=similarity.device.type, enabled=False):
+            flat = similarity.float().flatten(2)  # (B, N, V)
+            nearest = torch.stack([part.amax(1) for part in flat.split(self.counts, dim=1)], dim=1)  # (B, K, V)
+            own = nearest.gather(1, target.unsqueeze(1)).squeeze(1).flatten()  # (B * V,)
+            classes = target.flatten()
+            counts = torch.bincount(classes, minlength=self.num_classes).to(own.dtype)
+            sums = own.new_zeros(self.num_classes).scatter_add_(0, classes, 1.0 - own)
+            present = counts > 0
+            return (sums[present] / counts[present]).mean()
+
+    def forward(self, similarity: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """Loss of ``similarity`` ``(B, N, *spatial)`` against the class index map ``label`` ``(B, 1, *spatial)``."""
+        if label.shape[0] != similarity.shape[0] or label.shape[2:] != similarity.shape[2:]:
+            raise ValueError(f"label shape {tuple(label.shape)} does not match similarities {tuple(similarity.shape)}.")
+        return self.loss_flat(similarity, ProbabilityDiceCELoss.flat_target(label, self.num_classes))
