@@ -13,7 +13,7 @@ from monai.utils import min_version, optional_import
 
 from bundle.data.files import atomic_write_text
 from bundle.handlers.naming import case_name
-from bundle.ood.calibration import calibrated_thresholds
+from bundle.ood.calibration import OODThresholds, calibrated_thresholds
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
@@ -35,6 +35,9 @@ class OODCaseWriter:
         output_dir: folder of the CSV.
         calibration_path: the calibration JSON written after training; ignored when ``threshold`` is given.
         model_path: the model file whose calibration it must be (its sha256 is checked); ``None`` skips the check.
+        thresholds: thresholds already read with :func:`~bundle.ood.calibration.calibrated_thresholds` (as
+            ``configs/inference.json`` reads them once for the suspected-OOD marking too); they replace
+            ``calibration_path`` and ``model_path``.
         score_key: key of the case score in each post-processed item.
         filename: name of the CSV.
         threshold: explicit case threshold overriding the calibration file.
@@ -51,10 +54,12 @@ class OODCaseWriter:
         threshold: float | None = None,
         region_key: str | None = "organ_region",
         model_path: str | None = None,
+        thresholds: OODThresholds | None = None,
     ) -> None:
         self.path = Path(output_dir) / filename
         self.calibration_path = calibration_path
         self.model_path = model_path
+        self.thresholds = thresholds
         self.score_key = score_key
         self.threshold = threshold
         self.region_key = region_key
@@ -68,8 +73,10 @@ class OODCaseWriter:
 
     def _started(self, engine: Engine) -> None:
         self.rows = []
-        if self.threshold is None and self.calibration_path is not None:
+        calibrated = self.thresholds
+        if self.threshold is None and calibrated is None and self.calibration_path is not None:
             calibrated = calibrated_thresholds(self.calibration_path, self.model_path)
+        if self.threshold is None and calibrated is not None:
             self.threshold = calibrated.case_threshold
             if calibrated.warning:
                 logger.warning("%s ood_cases.csv will have an empty flag column.", calibrated.warning)
