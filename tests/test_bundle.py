@@ -274,6 +274,26 @@ def test_bad_inputs_stop_with_a_named_problem(trained, dataset, tmp_path):
     assert "checkpoint not found" in error and str(tmp_path / "nowhere") in error
     assert not (tmp_path / "out" / "ood_cases.csv").exists()
 
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.pt").write_bytes((trained / "models" / "model.pt").read_bytes()[:3000])
+    (broken / "localiser.pt").write_bytes((trained / "models" / "localiser.pt").read_bytes())
+    error = bundle_run_failing(
+        ["configs/inference.json"], dataset_dir=dataset, ckpt_dir=broken, output_dir=tmp_path / "out1", **TINY
+    )
+    assert f"the checkpoint {broken / 'model.pt'} cannot be loaded" in error and "truncated" in error
+    error = bundle_run_failing(
+        ["configs/inference.json"],
+        dataset_dir=dataset,
+        ckpt_dir=trained / "models",
+        output_dir=tmp_path / "out1",
+        num_classes=5,
+        **TINY,
+    )
+    assert "does not fit the configured network" in error
+    assert "query_feat: checkpoint (16, 16), network (20, 16)" in error
+    assert not (tmp_path / "out1" / "ood_cases.csv").exists()
+
     bad = tmp_path / "bad"
     (bad / "imagesTs").mkdir(parents=True)
     nib.save(nib.Nifti1Image(np.zeros((16, 16), np.int16), np.eye(4)), bad / "imagesTs" / "flat.nii.gz")
@@ -286,12 +306,93 @@ def test_bad_inputs_stop_with_a_named_problem(trained, dataset, tmp_path):
     )
     assert "flat.nii.gz" in error and "3D" in error
 
+    assert not (tmp_path / "out2" / "flat_seg.nii.gz").exists()
+
     absent = tmp_path / "no_such_dataset"
     error = bundle_run_failing(
         ["configs/train.json"], dataset_dir=absent, ckpt_dir=tmp_path / "models3", output_dir=tmp_path / "out3"
     )
     assert f"dataset not found: {absent / 'dataset.json'}" in error
     assert not absent.exists(), "a user's missing dataset must not be replaced by a generated phantom"
+
+
+def test_a_bad_case_gets_its_row_and_the_other_cases_complete(trained, dataset, tmp_path):
+    good = sorted((dataset / "imagesTs").glob("*.nii.gz"))[0]
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16), np.int16), np.eye(4)), flat)
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(good.read_bytes()[:2000])
+    out = tmp_path / "out"
+    datalist = [{"image": str(flat)}, {"image": str(good)}, {"image": str(truncated)}]
+    error = bundle_run_failing(
+        ["configs/inference.json"], datalist=datalist, ckpt_dir=trained / "models", output_dir=out, **TINY
+    )
+    assert "2 of 3 case(s) failed" in error and "flat" in error and "truncated" in error
+    rows = {row["case"]: row for row in csv.DictReader((out / "ood_cases.csv").open())}
+    assert set(rows) == {"flat", "truncated", good.name[: -len(".nii.gz")]}
+    assert rows["flat"]["score"] == "" and "3D" in rows["flat"]["message"]
+    assert rows["truncated"]["score"] == "" and "truncated.nii.gz" in rows["truncated"]["message"]
+    name = good.name[: -len(".nii.gz")]
+    assert np.isfinite(float(rows[name]["score"])) and rows[name]["flag"] in ("0", "1")
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == [f"{name}_ood.nii.gz", f"{name}_seg.nii.gz"]
+
+    error = bundle_run_failing(
+        ["configs/inference.json"], datalist=[], ckpt_dir=trained / "models", output_dir=out, **TINY
+    )
+    assert "inference datalist is empty" in error
+
+
+@pytest.mark.slow
+def test_training_killed_with_sigkill_resumes_and_pairs_the_model_with_its_calibration(dataset, tmp_path):
+    import signal
+    import time
+
+    from bundle.ood.calibration import file_sha256
+
+    models = tmp_path / "models"
+    state_path = models / "training_state.pt"
+    overrides = {
+        "dataset_dir": dataset,
+        "ckpt_dir": models,
+        "output_dir": tmp_path / "eval",
+        "train#trainer#max_epochs": 40,
+        "val_interval": 2,
+        "localiser_train#max_epochs": 1,
+        **TINY,
+    }
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--meta_file", "metadata.json"]
+    cmd += ["--config_file", "configs/train.json"] + _cli(overrides)
+    env = dict(os.environ, PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def epoch() -> int:
+        try:
+            trainer = torch.load(state_path, weights_only=True)["trainer"]
+            return int(trainer["iteration"]) // int(trainer["epoch_length"])
+        except (OSError, RuntimeError, KeyError, EOFError):
+            return 0
+
+    try:
+        deadline = time.monotonic() + 300
+        while epoch() < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, "the training ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = epoch()
+    assert 3 <= killed_at < 40 and (models / "model.pt").is_file()
+    assert not (models / "ood_calibration.json").exists(), "calibration is written only after the last epoch"
+    assert not list(models.glob("*.partial")) and not list(models.glob(".*tmp*"))
+
+    resume = {**overrides, "resume_from": state_path, "train_localiser": False}
+    log = bundle_run(["configs/train.json"], **resume)
+    assert f"resumed training from {state_path} at epoch {killed_at}." in log
+    assert epoch() == 40
+    calibration = json.loads((models / "ood_calibration.json").read_text())
+    assert calibration["model_sha256"] == file_sha256(models / "model.pt")
 
 
 def test_two_process_gloo_training(dataset, tmp_path):

@@ -580,6 +580,22 @@ def test_bad_labels_are_rejected_and_leave_the_saved_label_intact(client: TestCl
     ]
 
 
+def test_reuploading_an_image_keeps_its_labels_or_refuses(client: TestClient, studies: Path, tmp_path) -> None:
+    saved = studies / "labels" / "final" / "case_a.nii.gz"
+    saved_bytes = saved.read_bytes()
+    image, _ = synthetic_case(0)
+    same_grid = _put_image(client, "case_a", "case_a.nii.gz", _nifti_bytes(tmp_path, image + 1))
+    assert same_grid.status_code == 200, same_grid.text
+    info = client.get("/datastore/label/info", params={"label": "case_a", "tag": "final"})
+    assert info.status_code == 200 and saved.read_bytes() == saved_bytes
+    assert "final" in client.get("/datastore/", params={"output": "all"}).json()["objects"]["case_a"]["labels"]
+
+    other_grid = _put_image(client, "case_a", "case_a.nii.gz", _nifti_bytes(tmp_path, image[:-4]))
+    assert other_grid.status_code == 422 and "delete the label first" in other_grid.json()["detail"]
+    assert saved.read_bytes() == saved_bytes
+    assert client.get("/datastore/label/info", params={"label": "case_a", "tag": "final"}).status_code == 200
+
+
 def test_raw_binary_labels_are_stored_on_the_image_grid(client: TestClient, studies: Path) -> None:
     _, label = synthetic_case(1)
     response = _put_label(client, "case_b", "label.bin", label.flatten(order="F").tobytes())

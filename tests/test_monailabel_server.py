@@ -239,3 +239,40 @@ def test_server_infers_scores_samples_saves_labels_and_trains(server, tmp_path: 
     params = client.post("/infer/maxquery", params={"image": "case_c", "output": "json"}).json()
     assert params["model_version"] == stats["model_version"]
     assert np.isfinite(params["ood_score"])
+
+
+@pytest.mark.slow
+def test_server_answers_while_inferring_and_bounds_concurrent_inference(tmp_path: Path) -> None:
+    """8 simultaneous inference requests on one inference slot: /info/ answers meanwhile, the extra requests get a
+    503 with a retry hint at once, and every accepted request completes."""
+    import threading
+
+    studies = make_studies(tmp_path / "studies", ["case_a", "case_b"], labelled_ids=())
+    model_path = make_model(tmp_path / "model")
+    with running_server(tmp_path, studies, model_path, conf={"infer_concurrency": "1"}) as (client, _):
+        assert client.post("/infer/maxquery", params={"image": "case_a", "output": "json"}).status_code == 200
+        start = threading.Barrier(9)
+        responses: list[httpx.Response] = []
+
+        def infer() -> None:
+            with httpx.Client(base_url=str(client.base_url), timeout=300) as own:
+                start.wait()
+                responses.append(own.post("/infer/maxquery", params={"image": "case_b", "output": "json"}))
+
+        threads = [threading.Thread(target=infer) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        start.wait()
+        latencies = []
+        while any(thread.is_alive() for thread in threads):
+            begin = time.perf_counter()
+            assert client.get("/info/").status_code == 200
+            latencies.append(time.perf_counter() - begin)
+            time.sleep(0.05)
+        for thread in threads:
+            thread.join()
+    codes = sorted(r.status_code for r in responses)
+    assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 1, codes
+    for refused in (r for r in responses if r.status_code == 503):
+        assert refused.headers["retry-after"] == "5" and "infer_concurrency" in refused.json()["detail"]
+    assert latencies and max(latencies) < 1.0, latencies

@@ -39,36 +39,59 @@ def nearest_query_classes(net: MaskTransformer, image: torch.Tensor) -> tuple[to
     return class_probs.argmax(-1)[nearest], class_probs
 
 
-@pytest.mark.slow
-def test_each_tumour_type_gets_its_own_queries():
-    torch.manual_seed(0)
+def train_two_tumour_model(seed: int, queries_per_class: list[int] | None) -> MaskTransformer:
+    """40 steps on four two-tumour phantoms, with fixed query classes or (``None``) a learnt class head."""
+    torch.manual_seed(seed)
+    classes = {"queries_per_class": queries_per_class} if queries_per_class else {"num_queries": 8}
     net = MaskTransformer(
         num_classes=4,
         kernel_size=[3, 3, 3],
         strides=[1, 2, 2],
         filters=[8, 16, 32],
-        queries_per_class=QUERIES_PER_CLASS,
         embed_dim=16,
         num_layers=2,
         num_heads=2,
         num_feature_levels=2,
+        **classes,
     )
     criterion = MaxQueryCriterion(4, query_groups=QD_GROUPS, num_queries=8, include_background=False)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2)
-    batch = [two_tumour_phantom(seed) for seed in range(4)]
+    batch = [two_tumour_phantom(s) for s in range(4)]
     images, labels = torch.cat([b[0] for b in batch]), torch.cat([b[1] for b in batch])
     for _ in range(40):
         net.train()
         optimizer.zero_grad()
         criterion(net(images), labels).backward()
         optimizer.step()
+    return net
+
+
+def own_query_shares(net: MaskTransformer) -> dict[int, float]:
+    """For each tumour class, the share of its voxels (unseen case) whose nearest query has that class."""
     image, label = two_tumour_phantom(seed=99)
-    nearest_class, class_probs = nearest_query_classes(net, image)
+    nearest_class, _ = nearest_query_classes(net, image)
+    return {cls: float((nearest_class[label[0, 0] == cls] == cls).float().mean()) for cls in (2, 3)}
+
+
+@pytest.mark.slow
+def test_each_tumour_type_gets_its_own_queries():
+    net = train_two_tumour_model(0, QUERIES_PER_CLASS)
+    _, class_probs = nearest_query_classes(net, two_tumour_phantom(seed=99)[0])
     # no two classes share a class mix: every query's class distribution is one-hot and every class has queries
     assert torch.equal(class_probs.argmax(-1), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
-    for cls in (2, 3):
-        share = float((nearest_class[label[0, 0] == cls] == cls).float().mean())
+    for cls, share in own_query_shares(net).items():
         assert share > 0.8, f"only {share:.0%} of class-{cls} voxels lie nearest to a class-{cls} query"
+
+
+@pytest.mark.slow
+def test_the_check_catches_the_collapse_of_a_learnt_class_head():
+    """The same problem with a learnt class head: the tumour queries settle on one shared class mix, and the check
+    above sees it (one tumour type is nearest to queries of the other type)."""
+    net = train_two_tumour_model(0, None)
+    _, class_probs = nearest_query_classes(net, two_tumour_phantom(seed=99)[0])
+    tumour_mix = class_probs[4:, 2:]
+    assert float((tumour_mix - tumour_mix.mean(0)).abs().max()) < 0.05, "the tumour queries did not collapse"
+    assert min(own_query_shares(net).values()) < 0.5
 
 
 def test_fixed_query_classes_make_segmentation_the_class_mass():

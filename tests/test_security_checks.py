@@ -41,7 +41,7 @@ from lib.options import (  # noqa: E402
     parse_name,
     parse_name_list,
 )
-from lib.trainers.maxquery import publish_decision  # noqa: E402
+from lib.trainers.maxquery import publish_decision, remove_stale_staging  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PAYLOAD = "cpu') if __import__('os').system('id > pwned.txt') else torch.device('nonexistent_dev"
@@ -263,3 +263,25 @@ def test_publishing_keeps_a_backup_that_can_be_restored(tmp_path: Path) -> None:
         store.publish(staged, staged.with_name("ood_calibration.json"))
     names = [b["name"] for b in store.backups()]
     assert len(names) == 2 and names == sorted(names, reverse=True), "the newest keep_backups backups are kept"
+
+
+def test_staging_folders_of_killed_trainings_are_removed_and_running_ones_kept(tmp_path):
+    import os
+    import subprocess
+    import time
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    folders = {name: tmp_path / f".maxquery-train-{name}" for name in ("dead", "alive", "orphan", "fresh")}
+    for folder in folders.values():
+        folder.mkdir()
+        (folder / "model.pt").write_bytes(b"partial")
+    (folders["dead"] / "owner.pid").write_text(str(gone.pid))
+    (folders["alive"] / "owner.pid").write_text(str(os.getpid()))
+    old = time.time() - 3600
+    os.utime(folders["orphan"], (old, old))
+    (tmp_path / "model.pt").write_bytes(b"served")
+    removed = remove_stale_staging(tmp_path)
+    assert sorted(removed) == [".maxquery-train-dead", ".maxquery-train-orphan"]
+    assert folders["alive"].is_dir() and folders["fresh"].is_dir()
+    assert (tmp_path / "model.pt").read_bytes() == b"served"

@@ -46,7 +46,7 @@ from lib.server_guard import install as install_request_checks  # noqa: E402
 from lib.server_guard import is_uploaded_input  # noqa: E402
 from lib.strategies import MaxQueryOODStrategy  # noqa: E402
 from lib.strategies.maxquery_ood import STRATEGY_OPTIONS  # noqa: E402
-from lib.trainers import MaxQueryTrainer  # noqa: E402
+from lib.trainers import MaxQueryTrainer, remove_stale_staging  # noqa: E402
 from monailabel.config import settings  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.interfaces.datastore import Datastore  # noqa: E402
@@ -145,6 +145,8 @@ class MaxQueryApp(MONAILabelApp):
             voxel_threshold=self.options.ood_voxel_threshold,
             keep_backups=self.options.keep_backups,
         )
+        if self.options.model_path.parent.is_dir():
+            remove_stale_staging(self.options.model_path.parent)
         task_args = (self.bundle, self.store, self.options.ood_label_value, self.options.device)
         self.segmentation = MaxQuerySegmentation(*task_args)
         self.anomaly_map = MaxQueryAnomalyMap(*task_args)
@@ -174,7 +176,7 @@ class MaxQueryApp(MONAILabelApp):
         )
         server = sys.modules.get("monailabel.app")
         if server is not None and hasattr(server, "app"):
-            install_request_checks(server.app)
+            install_request_checks(server.app, self.options.infer_concurrency)
 
     def init_datastore(self) -> Datastore:
         """A validating local datastore for a studies folder; MONAI Label's own datastores for remote URLs."""

@@ -1,8 +1,9 @@
-"""Ignite handlers wired by the bundle configs: OOD calibration, the case table, the evaluation report, resumable
-training and validation at the last epoch."""
+"""Ignite handlers wired by the bundle configs: OOD calibration, the case table, the evaluation report, checkpoint
+loading with named errors, resumable training and validation at the last epoch."""
 
 from .calibration import OODCalibrationHandler
 from .case_writer import OODCaseWriter
+from .checkpoint_loader import NamedCheckpointLoader
 from .evaluation import BASELINE_METHODS, OODEvaluationHandler, format_metrics_table
 from .training_state import ResumeTraining, TrainingStateSaver
 from .validation import FinalEpochValidationHandler
@@ -10,6 +11,7 @@ from .validation import FinalEpochValidationHandler
 __all__ = [
     "BASELINE_METHODS",
     "FinalEpochValidationHandler",
+    "NamedCheckpointLoader",
     "OODCalibrationHandler",
     "OODCaseWriter",
     "OODEvaluationHandler",

@@ -12,6 +12,7 @@ import torch
 from monai.utils import min_version, optional_import
 
 from bundle.data.files import atomic_write_text
+from bundle.engines.keys import CASE_ERROR_KEY, CASE_NAME_KEY
 from bundle.handlers.naming import case_name
 from bundle.ood.calibration import OODThresholds, calibrated_thresholds
 
@@ -30,6 +31,10 @@ class OODCaseWriter:
     the model (``ood_calibration.json``), read by :func:`~bundle.ood.calibration.calibrated_thresholds`. Without a
     usable calibration for this model (no file, or one calibrated for another model) the flag column is left empty
     and a warning says why. The CSV is written in one step at the end, so an interrupted run leaves no partial table.
+
+    A case that failed (an item with ``"case_error"``, see :mod:`bundle.engines.case_isolation`) gets a row with an
+    empty score and flag and its error as the message; after the table is written the run fails with an error that
+    lists the failed cases, so that a script sees a non-zero exit status while every other case is complete.
 
     Args:
         output_dir: folder of the CSV.
@@ -64,6 +69,7 @@ class OODCaseWriter:
         self.threshold = threshold
         self.region_key = region_key
         self.rows: list[tuple[str, float, str]] = []
+        self.failed: list[tuple[str, str]] = []
 
     def attach(self, engine: Engine) -> None:
         """Register with the engine's iteration and completion events."""
@@ -73,6 +79,7 @@ class OODCaseWriter:
 
     def _started(self, engine: Engine) -> None:
         self.rows = []
+        self.failed = []
         calibrated = self.thresholds
         if self.threshold is None and calibrated is None and self.calibration_path is not None:
             calibrated = calibrated_thresholds(self.calibration_path, self.model_path)
@@ -84,6 +91,9 @@ class OODCaseWriter:
     def _collect(self, engine: Engine) -> None:
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [None] * len(engine.state.output)
         for item, batch_item in zip(engine.state.output, batch, strict=True):
+            if CASE_ERROR_KEY in item:
+                self.failed.append((str(item.get(CASE_NAME_KEY, "unknown")), str(item[CASE_ERROR_KEY])))
+                continue
             if self.score_key not in item:
                 raise KeyError(f"post-processing did not produce '{self.score_key}' (keys: {sorted(item)}).")
             score = item[self.score_key]
@@ -96,9 +106,17 @@ class OODCaseWriter:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["case", "score", "flag", "message"])
-        for name, score, message in sorted(self.rows):
+        rows = [(name, score, message) for name, score, message in self.rows]
+        rows += [(name, None, message) for name, message in self.failed]
+        for name, score, message in sorted(rows, key=lambda row: row[0]):
+            if score is None:
+                writer.writerow([name, "", "", message])
+                continue
             flag = "" if self.threshold is None or math.isnan(score) else int(score > self.threshold)
             writer.writerow([name, f"{score:.6f}", flag, message])
         atomic_write_text(self.path, buffer.getvalue())
         flagged = sum(1 for _, s, _ in self.rows if self.threshold is not None and s > self.threshold)
         logger.info("wrote %s: %d case(s), %d flagged as OOD.", self.path, len(self.rows), flagged)
+        if self.failed:
+            errors = "; ".join(f"{name}: {message}" for name, message in self.failed)
+            raise RuntimeError(f"{len(self.failed)} of {len(rows)} case(s) failed, rows in {self.path}: {errors}")

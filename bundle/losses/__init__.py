@@ -1,14 +1,17 @@
-"""Losses: Dice+CE on probabilities, query-distribution and query-compactness losses, the combined criterion."""
+"""Losses: Dice+CE on probabilities, query-distribution, MaxQuery margin and query-compactness losses, the combined
+criterion."""
 
 from __future__ import annotations
 
 from .compactness import QueryCompactnessLoss
 from .criterion import MaxQueryCriterion
+from .outlier import MaxQueryMarginLoss
 from .query_distribution import QueryDistributionLoss, parse_query_groups
 from .segmentation import ProbabilityDiceCELoss, as_index_label, dice_ce_from_probs
 
 __all__ = [
     "MaxQueryCriterion",
+    "MaxQueryMarginLoss",
     "ProbabilityDiceCELoss",
     "QueryCompactnessLoss",
     "QueryDistributionLoss",

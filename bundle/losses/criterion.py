@@ -1,5 +1,5 @@
-"""Training criterion of the mask transformer: segmentation loss + QD loss (+ query compactness), with deep
-supervision."""
+"""Training criterion of the mask transformer: segmentation loss + QD loss (+ MaxQuery margin, + query compactness),
+with deep supervision."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from .compactness import QueryCompactnessLoss
+from .outlier import MaxQueryMarginLoss
 from .query_distribution import QueryDistributionLoss
-from .segmentation import ProbabilityDiceCELoss
+from .segmentation import ProbabilityDiceCELoss, as_index_label
 
 __all__ = ["MaxQueryCriterion"]
 
@@ -45,6 +46,14 @@ class MaxQueryCriterion(nn.Module):
         compactness_weight: weight of the query-compactness loss; 0 disables it.
         queries_per_class: the number of queries of each class (fixed query classes), needed by the compactness
             loss.
+        outlier_label: label value of outlier-exposure voxels (synthetic anomalies,
+            :class:`~bundle.transforms.RandForeignTissueAnomalyd`); ``None``: labels hold inlier classes only.
+            These voxels belong to no inlier class: the segmentation and QD losses leave them out, and the MaxQuery
+            margin loss pushes them away from every centre.
+        margin_weight: weight of the :class:`~bundle.losses.outlier.MaxQueryMarginLoss` on the final layer's
+            similarities; 0 disables it.
+        inlier_margin: the least nearest-centre similarity of an inlier voxel.
+        outlier_margin: the largest nearest-centre similarity of an outlier voxel.
     """
 
     def __init__(
@@ -59,6 +68,10 @@ class MaxQueryCriterion(nn.Module):
         include_background: bool = True,
         compactness_weight: float = 0.0,
         queries_per_class: Sequence[int] | None = None,
+        outlier_label: int | None = None,
+        margin_weight: float = 0.0,
+        inlier_margin: float = 0.8,
+        outlier_margin: float = 0.4,
     ) -> None:
         super().__init__()
         if isinstance(deep_supervision_weights, str) and deep_supervision_weights != "auto":
@@ -85,6 +98,13 @@ class MaxQueryCriterion(nn.Module):
             raise ValueError("the compactness loss needs queries_per_class (the fixed class of every query).")
         self.compactness_weight = float(compactness_weight)
         self.compactness_loss = QueryCompactnessLoss(queries_per_class) if compactness_weight > 0 else None
+        if margin_weight < 0:
+            raise ValueError(f"margin_weight must be non-negative, got {margin_weight}.")
+        if outlier_label is not None and 0 <= outlier_label < num_classes:
+            raise ValueError(f"outlier_label {outlier_label} is an inlier class (0..{num_classes - 1}).")
+        self.outlier_label = None if outlier_label is None else int(outlier_label)
+        self.margin_weight = float(margin_weight)
+        self.margin_loss = MaxQueryMarginLoss(inlier_margin, outlier_margin) if margin_weight > 0 else None
 
     def layer_weights(self, num_layers: int) -> list[float]:
         """Un-normalised weight of each decoder layer (layer order, final last) for ``num_layers`` layers."""
@@ -105,12 +125,13 @@ class MaxQueryCriterion(nn.Module):
         query_probs: torch.Tensor | None,
         target: torch.Tensor,
         group_target: torch.Tensor | None,
+        valid: torch.Tensor | None,
     ) -> torch.Tensor:
-        loss = self.seg_weight * self.seg_loss.loss_flat(pred, target)
+        loss = self.seg_weight * self.seg_loss.loss_flat(pred, target, valid)
         if self.qd_loss is not None and group_target is not None:
             if query_probs is None:
                 raise KeyError("the QD loss needs the query assignments ('query_probs') in the network outputs.")
-            loss = loss + self.qd_weight * self.qd_loss.loss_flat(query_probs, group_target)
+            loss = loss + self.qd_weight * self.qd_loss.loss_flat(query_probs, group_target, valid)
         return loss
 
     def forward(self, outputs: Mapping[str, torch.Tensor] | torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -120,8 +141,12 @@ class MaxQueryCriterion(nn.Module):
             outputs: training-mode network output (dict), or a tensor whose first ``num_classes`` channels are ``Z``.
             label: class index map ``(B, 1, *spatial)``.
         """
+        label, outlier = self._split_outliers(label)
+        valid = None if self.outlier_label is None else ~outlier.flatten(1)
         if isinstance(outputs, torch.Tensor):
-            return self.seg_weight * self.seg_loss(outputs[:, : self.num_classes], label)
+            probs = outputs[:, : self.num_classes]
+            target = self.seg_loss.flat_target(label, self.num_classes)
+            return self.seg_weight * self.seg_loss.loss_flat(probs, target, valid)
         if "pred" not in outputs:
             raise KeyError(f"network outputs must contain 'pred'; got keys {sorted(outputs)}.")
         pred = outputs["pred"]
@@ -140,7 +165,7 @@ class MaxQueryCriterion(nn.Module):
         for (pred_key, probs_key), w in zip(layers, weights, strict=True):
             if w == 0:
                 continue
-            loss = w * self._layer_loss(outputs[pred_key], outputs.get(probs_key), target, group_target)
+            loss = w * self._layer_loss(outputs[pred_key], outputs.get(probs_key), target, group_target, valid)
             total = loss if total is None else total + loss
             norm += w
         if total is None:
@@ -152,4 +177,19 @@ class MaxQueryCriterion(nn.Module):
             total = total + self.compactness_weight * self.compactness_loss.loss_flat(
                 outputs["query_similarity"], target
             )
+        if self.margin_loss is not None:
+            if "query_similarity" not in outputs:
+                raise KeyError("the MaxQuery margin loss needs 'query_similarity' in the network outputs.")
+            total = total + self.margin_weight * self.margin_loss.loss_flat(
+                outputs["query_similarity"], target, outlier.flatten(1)
+            )
         return total
+
+    def _split_outliers(self, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The label with outlier voxels set to class 0 (a placeholder: they are masked out), and the outlier
+        mask."""
+        label = as_index_label(label)
+        if self.outlier_label is None:
+            return label, torch.zeros_like(label, dtype=torch.bool)
+        outlier = label == self.outlier_label
+        return label.masked_fill(outlier, 0), outlier

@@ -127,9 +127,12 @@ class QueryDistributionLoss(nn.Module):
         target = ProbabilityDiceCELoss.flat_target(label, len(self.class_to_group))
         return self.class_to_group.to(target.device)[target]
 
-    def loss_flat(self, query_probs: torch.Tensor, group_target: torch.Tensor) -> torch.Tensor:
-        """QD loss given the output of :meth:`group_target` (lets a caller share it across decoder layers)."""
-        return self.loss.loss_flat(self.group_probs(query_probs), group_target)
+    def loss_flat(
+        self, query_probs: torch.Tensor, group_target: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """QD loss given the output of :meth:`group_target` (lets a caller share it across decoder layers);
+        ``valid``: optional ``(B, V)`` mask of the voxels that count."""
+        return self.loss.loss_flat(self.group_probs(query_probs), group_target, valid)
 
     def forward(self, query_probs: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """QD loss of ``query_probs`` (B, N, ...) against the class index map ``label`` (B, 1, ...)."""

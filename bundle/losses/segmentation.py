@@ -26,6 +26,7 @@ def dice_ce_from_probs(
     batch: bool = True,
     smooth: float = 1e-5,
     eps: float = 1e-6,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Soft Dice + cross-entropy of class probabilities against an index map, without one-hot tensors.
 
@@ -44,19 +45,25 @@ def dice_ce_from_probs(
         batch: pool the Dice sums over the batch (nnU-Net "batch Dice").
         smooth: Dice numerator/denominator smoothing.
         eps: probability floor before the logarithm.
+        valid: optional ``(B, V)`` mask of the voxels that count; the others (e.g. synthetic outliers, whose class
+            is "none of them") are left out of both terms. ``None``: every voxel counts.
 
     Returns:
         scalar loss.
     """
     b, c = probs.shape[:2]
     p_true = probs.gather(1, target.unsqueeze(1)).squeeze(1)  # (B, V)
+    weight = None if valid is None else valid.to(probs.dtype)
     loss = probs.new_zeros(())
     if ce_weight:
-        loss = loss + ce_weight * -torch.log(p_true.clamp_min(eps)).mean()
+        nll = -torch.log(p_true.clamp_min(eps))
+        ce = nll.mean() if weight is None else (nll * weight).sum() / weight.sum().clamp_min(1.0)
+        loss = loss + ce_weight * ce
     if dice_weight:
-        intersection = probs.new_zeros(b, c).scatter_add_(1, target, p_true)
-        label_count = probs.new_zeros(b, c).scatter_add_(1, target, torch.ones_like(p_true))
-        pred_sum = probs.sum(dim=2)
+        counted = torch.ones_like(p_true) if weight is None else weight
+        intersection = probs.new_zeros(b, c).scatter_add_(1, target, p_true * counted)
+        label_count = probs.new_zeros(b, c).scatter_add_(1, target, counted)
+        pred_sum = probs.sum(dim=2) if weight is None else (probs * weight.unsqueeze(1)).sum(dim=2)
         if batch:
             intersection, label_count, pred_sum = intersection.sum(0), label_count.sum(0), pred_sum.sum(0)
         dice = (2.0 * intersection + smooth) / (pred_sum + label_count + smooth)
@@ -110,10 +117,11 @@ class ProbabilityDiceCELoss(nn.Module):
             raise ValueError(f"label values must be in [0, {num_channels - 1}], got [{low}, {high}].")
         return label.flatten(1)
 
-    def loss_flat(self, probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Loss of ``(B, C, *spatial)`` probabilities against an already flattened, validated ``(B, V)`` target."""
+    def loss_flat(self, probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Loss of ``(B, C, *spatial)`` probabilities against an already flattened, validated ``(B, V)`` target
+        (``valid``: optional ``(B, V)`` mask of the voxels that count)."""
         with torch.autocast(device_type=probs.device.type, enabled=False):
-            return dice_ce_from_probs(probs.float().flatten(2), target, **self.kwargs)
+            return dice_ce_from_probs(probs.float().flatten(2), target, valid=valid, **self.kwargs)
 
     def forward(self, probs: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """Loss of ``probs`` ``(B, C, *spatial)`` against the index map ``label`` ``(B, 1, *spatial)``."""

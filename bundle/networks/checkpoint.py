@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["load_weights"]
+__all__ = ["describe_mismatch", "load_weights"]
 
 
 def load_weights(network: nn.Module, path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
@@ -33,5 +33,31 @@ def load_weights(network: nn.Module, path: str | os.PathLike, device: torch.devi
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"the checkpoint {path} does not fit the configured network: {err}") from err
+        raise ValueError(
+            f"the checkpoint {path} does not fit the configured network: {describe_mismatch(network, state)}"
+        ) from err
     return network.to(device).eval()
+
+
+def describe_mismatch(network: nn.Module, state: dict, limit: int = 5) -> str:
+    """Why ``state`` does not fit ``network``: the keys missing or unexpected, and the weights whose shapes differ
+    (a different number of classes or queries shows up there, e.g. in the output layer)."""
+    own = network.state_dict()
+    if not isinstance(state, dict):
+        return f"the file holds a {type(state).__name__}, not a state dict."
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{key}: checkpoint {tuple(state[key].shape)}, network {tuple(own[key].shape)}"
+        for key in sorted(set(own) & set(state))
+        if isinstance(state[key], torch.Tensor) and tuple(state[key].shape) != tuple(own[key].shape)
+    ]
+    parts = []
+    for name, items in (("shape mismatches", shapes), ("missing keys", missing), ("unexpected keys", unexpected)):
+        if items:
+            shown = "; ".join(items[:limit]) + (f"; ... ({len(items)} in all)" if len(items) > limit else "")
+            parts.append(f"{len(items)} {name} ({shown})")
+    if not parts:
+        return "the weights could not be loaded."
+    hint = " (another architecture, or another number of classes or queries)" if shapes or missing else ""
+    return ", ".join(parts) + hint + "."

@@ -1,12 +1,14 @@
 """MONAI dictionary transforms specific to the bundle's inputs."""
 
 from .organ_region import LocaliseOrgand, PasteOrganRegiond, box_with_margin, largest_component
+from .synthetic_anomaly import RandForeignTissueAnomalyd
 from .validation import InvalidVolumeError, ValidateVolumed, geometry_problem, label_geometry_problem, source_name
 
 __all__ = [
     "InvalidVolumeError",
     "LocaliseOrgand",
     "PasteOrganRegiond",
+    "RandForeignTissueAnomalyd",
     "ValidateVolumed",
     "box_with_margin",
     "geometry_problem",

@@ -14,6 +14,7 @@ import torch
 from .errors import InvalidInputError
 from .model_store import DEFAULT_KEEP_BACKUPS
 from .options import parse_bool, parse_device, parse_float, parse_int
+from .server_guard import DEFAULT_INFER_CONCURRENCY
 
 __all__ = ["MAX_EPOCHS_LIMIT", "AppSettings", "DEFAULT_OOD_LABEL_VALUE", "PREDICTION_TAG"]
 
@@ -65,6 +66,7 @@ class AppSettings:
         save_predictions: whether an inference request may keep its prediction in the datastore (under the label tag
             ``maxquery_prediction``, never ``final``); off by default.
         keep_backups: how many backups of replaced models (and their calibrations) are kept.
+        infer_concurrency: how many inference requests run at once; more get HTTP 503 with a retry hint.
     """
 
     device: str
@@ -78,6 +80,7 @@ class AppSettings:
     val_split: float = 0.2
     save_predictions: bool = False
     keep_backups: int = DEFAULT_KEEP_BACKUPS
+    infer_concurrency: int = DEFAULT_INFER_CONCURRENCY
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any], bundle_root: Path) -> AppSettings:
@@ -109,4 +112,5 @@ class AppSettings:
             val_split=_conf(conf, "val_split", parse_float(0.0, 0.9), 0.2),
             save_predictions=_conf(conf, "save_predictions", parse_bool, False),
             keep_backups=_conf(conf, "keep_backups", parse_int(1, 100), DEFAULT_KEEP_BACKUPS),
+            infer_concurrency=_conf(conf, "infer_concurrency", parse_int(1, 16), DEFAULT_INFER_CONCURRENCY),
         )

@@ -147,7 +147,12 @@ class ValidatingLocalDatastore(LocalDatastore):
     # -- writes ---------------------------------------------------------------------------------------------------
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
-        """Validate, then store an image (HTTP 422 for an unsupported, corrupt or non-3D file)."""
+        """Validate, then store an image (HTTP 422 for an unsupported, corrupt or non-3D file).
+
+        Re-uploading an existing id keeps its labels attached when every one of them fits the new image (grid,
+        geometry, values); otherwise the upload is refused (HTTP 422 naming the label), so that no annotation is
+        silently detached or left describing another image. Delete the labels first to replace such an image.
+        """
         with http_errors("adding an image"):
             image_id = check_name(image_id or self._to_id(os.path.basename(image_filename))[0], "image id")
             what = f"uploaded image '{image_id}'"
@@ -158,13 +163,25 @@ class ValidatingLocalDatastore(LocalDatastore):
             with FileLock(self._lock_file):
                 self._reload_locked()
                 previous = self._datastore.objects.get(image_id)
+                labels = dict(previous.labels) if previous is not None else {}
+                for tag, label in labels.items():
+                    label_file = os.path.join(self._datastore.label_path(tag), self._filename(image_id, label.ext))
+                    try:
+                        check_label(label_file, image_filename, self.label_values, f"{tag} label of '{image_id}'")
+                    except InvalidInputError as error:
+                        raise InvalidInputError(
+                            f"image '{image_id}' already has a {tag} label that does not fit the new image "
+                            f"({error}); delete the label first to replace the image."
+                        ) from error
                 atomic_copy(image_filename, destination)
                 if previous is not None and previous.image.ext != extension:
                     old_name = self._filename(image_id, previous.image.ext)
                     remove_file(os.path.join(self._datastore.image_path(), old_name))
                 info = dict(image_info or {})
                 info.update({"ts": int(time.time()), "name": name})
-                self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=extension))
+                self._datastore.objects[image_id] = ImageLabelModel(
+                    image=DataModel(info=info, ext=extension), labels=labels
+                )
                 self._update_datastore_file(lock=False)
             logger.info("added image %s -> %s", image_id, destination)
             return image_id

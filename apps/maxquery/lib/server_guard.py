@@ -7,7 +7,10 @@ the app, answer HTTP 4xx naming the problem, and hand a valid request to MONAI L
 
 - ``POST /infer/{model}``: the ``params`` form field must be a JSON object that does not set ``image``, and no
   label is uploaded (the app's models take none); an uploaded file or a session image is marked as such for
-  :meth:`MaxQueryApp.infer`, which otherwise accepts only datastore image ids;
+  :meth:`MaxQueryApp.infer`, which otherwise accepts only datastore image ids. The inference runs in a worker
+  thread, so the server keeps answering (``/info/``, the datastore) meanwhile; at most ``infer_concurrency``
+  inferences run at once, and a request beyond that is answered at once with HTTP 503 and a ``Retry-After``
+  header instead of waiting in an unbounded queue;
 - ``POST /train/{model}``, ``POST /train/``, ``POST /scoring/{method}``, ``POST /scoring/``,
   ``POST /batch/infer/{model}``: the options are checked before the task is queued;
 - ``PUT /model/{model}`` and ``DELETE /model/{model}``: refused (HTTP 403); the served model is replaced by
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -35,16 +39,27 @@ from monailabel.endpoints.infer import ResultType
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.tasks.batch_infer import BatchInferImageType
 from monailabel.interfaces.utils.app import app_instance
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 
 from .options import NAME_PATTERN, shown
 
-__all__ = ["GuardedApp", "configure_cors", "cors_origins", "install", "is_uploaded_input"]
+__all__ = [
+    "DEFAULT_INFER_CONCURRENCY",
+    "GuardedApp",
+    "InferenceSlots",
+    "configure_cors",
+    "cors_origins",
+    "install",
+    "is_uploaded_input",
+]
 
 logger = logging.getLogger(__name__)
 
 _UPLOADED: ContextVar[bool] = ContextVar("maxquery_uploaded_input", default=False)
 MAX_PARAMS_CHARS = 100_000
+DEFAULT_INFER_CONCURRENCY = 2
+RETRY_AFTER_SECONDS = 5
 MODEL_FILE_REFUSAL = (
     "the served model is not replaced or deleted through /model: training (POST /train/{model}) replaces it only "
     "with a better model and keeps a backup; an operator restores a backup with apps/maxquery/restore_model.py."
@@ -59,6 +74,31 @@ class GuardedApp(Protocol):
 
     def check_background_request(self, kind: str, name: str | None, params: dict[str, Any]) -> None:
         """Check a training/scoring/batch-inference request before it is queued (raises ``HTTPException``)."""
+
+
+class InferenceSlots:
+    """A fixed number of inference slots, taken without waiting.
+
+    Args:
+        size: how many inferences may run at once.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"the number of inference slots must be at least 1, got {size}.")
+        self.size = int(size)
+        self._semaphore = threading.BoundedSemaphore(self.size)
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free."""
+        return self._semaphore.acquire(blocking=False)
+
+    def release(self) -> None:
+        """Give a slot back."""
+        self._semaphore.release()
+
+
+_SLOTS = InferenceSlots(DEFAULT_INFER_CONCURRENCY)
 
 
 def is_uploaded_input() -> bool:
@@ -133,8 +173,25 @@ def _router() -> APIRouter:
                     raise HTTPException(status_code=404, detail=f"session '{shown(session_id)}' not found.")
                 uploaded = True
             app.check_infer_call(model, image, _params_object(params), uploaded)
-        with _uploaded(uploaded):
-            return infer.run_inference(background_tasks, model, image, session_id, params, file, label, output)
+        slots = _SLOTS
+        if not slots.try_acquire():
+            raise HTTPException(
+                status_code=503,
+                detail=(
+                    f"the server is already running {slots.size} inference request(s), its limit (--conf "
+                    f"infer_concurrency); retry in {RETRY_AFTER_SECONDS} s."
+                ),
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+
+        def run() -> Any:
+            with _uploaded(uploaded):
+                return infer.run_inference(background_tasks, model, image, session_id, params, file, label, output)
+
+        try:
+            return await run_in_threadpool(run)
+        finally:
+            slots.release()
 
     @router.post("/train/{model}")
     async def guarded_train_model(
@@ -240,12 +297,18 @@ def configure_cors(app: FastAPI, origins: Iterable[str]) -> None:
     logger.info("CORS: cross-origin requests allowed from %s", kwargs["allow_origins"] or "no origin")
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, infer_concurrency: int = DEFAULT_INFER_CONCURRENCY) -> None:
     """Put the checking routes in front of MONAI Label's routes and apply the CORS policy.
 
     Routes installed by an earlier instance of the app (MONAI Label may load the app's modules again) are replaced,
     so that the routes and the app share this module.
+
+    Args:
+        app: MONAI Label's FastAPI application.
+        infer_concurrency: how many inference requests may run at once.
     """
+    global _SLOTS
+    _SLOTS = InferenceSlots(infer_concurrency)
     configure_cors(app, cors_origins())
     routes = _router().routes
     for route in routes:

@@ -1,5 +1,5 @@
 """Training tasks of the MaxQuery app."""
 
-from .maxquery import MaxQueryTrainer, split_cases
+from .maxquery import MaxQueryTrainer, remove_stale_staging, split_cases
 
-__all__ = ["MaxQueryTrainer", "split_cases"]
+__all__ = ["MaxQueryTrainer", "remove_stale_staging", "split_cases"]

@@ -37,7 +37,7 @@ from ..options import (
 )
 from ..volume_checks import check_label
 
-__all__ = ["MaxQueryTrainer", "publish_decision", "split_cases"]
+__all__ = ["MaxQueryTrainer", "publish_decision", "remove_stale_staging", "split_cases"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,48 @@ logger = logging.getLogger(__name__)
 MAX_LEARNING_RATE = 0.1
 MAX_VAL_SPLIT = 0.9
 MAX_TARGET_FPR = 0.5
+#: prefix of the staging folders of training runs, next to the model
+STAGING_PREFIX = ".maxquery-train-"
+#: file in a staging folder naming the process that owns it
+STAGING_OWNER = "owner.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user
+        return True
+    return True
+
+
+def remove_stale_staging(folder: Path) -> list[str]:
+    """Remove the staging folders that a killed training run left in ``folder`` (the model's folder).
+
+    A staging folder is stale when the process named in its ``owner.pid`` is gone, or when it has had no owner file
+    for a minute (the file is written right after the folder is made). Folders of running trainings are kept:
+    MONAI Label builds the app in every training and scoring process, so this runs while others may be training.
+
+    Returns:
+        the names of the folders removed.
+    """
+    removed = []
+    for staging in sorted(Path(folder).glob(STAGING_PREFIX + "*")):
+        if not staging.is_dir():
+            continue
+        try:
+            owner = int((staging / STAGING_OWNER).read_text().strip())
+        except (OSError, ValueError):
+            owner = None
+        if owner is not None and _alive(owner):
+            continue
+        if owner is None and time.time() - staging.stat().st_mtime < 60:
+            continue
+        shutil.rmtree(staging, ignore_errors=True)
+        removed.append(staging.name)
+        logger.warning("removed %s, left by an interrupted training run.", staging)
+    return removed
 
 
 def split_cases(cases: list[dict], val_split: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
@@ -245,8 +287,9 @@ class MaxQueryTrainer(TrainTask):
         train_cases, val_cases = split_cases(cases, options["val_split"])
         started = time.time()
         self.store.model_path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".maxquery-train-", dir=self.store.model_path.parent))
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.store.model_path.parent))
         try:
+            (staging / STAGING_OWNER).write_text(str(os.getpid()))
             summary = self._train_and_publish(options, train_cases, val_cases, staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
