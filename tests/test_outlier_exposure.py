@@ -1,4 +1,4 @@
-"""Tests of outlier exposure: the synthetic foreign-tissue anomalies and the MaxQuery margin loss."""
+"""Tests of outlier exposure: the synthetic anomalies (foreign tissue, altered lesions) and the MaxQuery margin loss."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from monai.data import MetaTensor
 
 from bundle.losses import MaxQueryCriterion, MaxQueryMarginLoss
-from bundle.transforms import RandForeignTissueAnomalyd
+from bundle.transforms import RandAlteredLesiond, RandForeignTissueAnomalyd
 
 
 def _patch(seed: int = 0) -> dict:
@@ -48,6 +48,41 @@ def test_anomaly_transform_skips_patches_without_organ_and_honours_prob():
     assert not (out["label"] == 255).any()
     with pytest.raises(ValueError, match="anomaly_label"):
         RandForeignTissueAnomalyd(keys="image", organ_label=1, anomaly_label=1)
+
+
+def test_altered_lesion_keeps_the_tumour_shape_changes_its_look_and_labels_it_an_outlier():
+    data = _patch()
+    tumour = data["label"][0] == 2
+    data["image"][0][tumour] -= 0.15  # a dark tumour
+    transform = RandAlteredLesiond(keys="image", prob=1.0, tumour_labels=(2, 3), anomaly_label=255)
+    for seed in range(10):
+        transform.set_random_state(seed)
+        out = transform(dict(data))
+        assert torch.equal(out["label"][0] == 255, tumour), "the outlier is exactly the tumour"
+        assert ((out["label"][0] == 1) == (data["label"][0] == 1)).all(), "the organ keeps its label"
+        changed = (out["image"] - data["image"]).abs()[0]
+        assert changed[tumour].mean() > 0.01
+        far = torch.ones_like(tumour)
+        far[8:22, 8:22, 3:12] = False  # beyond the blurred edge of the tumour
+        assert changed[far].max() == 0.0
+
+
+def test_altered_lesion_makes_a_structured_lesion_in_a_patch_without_tumour():
+    data = _patch()
+    data["label"] = MetaTensor(torch.where(data["label"] == 2, 1.0, data["label"]))
+    transform = RandAlteredLesiond(keys="image", prob=1.0)
+    sizes = []
+    for seed in range(10):
+        transform.set_random_state(seed)
+        out = transform(dict(data))
+        blob = out["label"][0] == 255
+        sizes.append(int(blob.sum()))
+        assert (data["label"][0][blob] == 1).all()
+        if blob.any():
+            assert (out["image"] - data["image"]).abs()[0][blob].mean() > 0.005
+    assert sum(size > 0 for size in sizes) >= 8
+    with pytest.raises(ValueError, match="inlier class"):
+        RandAlteredLesiond(keys="image", tumour_labels=(2, 3), anomaly_label=3)
 
 
 def test_margin_loss_is_zero_exactly_when_the_margins_hold():

@@ -1,5 +1,6 @@
 """MONAI dictionary transforms specific to the bundle's inputs."""
 
+from .altered_lesion import RandAlteredLesiond
 from .organ_region import LocaliseOrgand, PasteOrganRegiond, box_with_margin, largest_component
 from .synthetic_anomaly import RandForeignTissueAnomalyd
 from .validation import InvalidVolumeError, ValidateVolumed, geometry_problem, label_geometry_problem, source_name
@@ -8,6 +9,7 @@ __all__ = [
     "InvalidVolumeError",
     "LocaliseOrgand",
     "PasteOrganRegiond",
+    "RandAlteredLesiond",
     "RandForeignTissueAnomalyd",
     "ValidateVolumed",
     "box_with_margin",

@@ -22,13 +22,13 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, RandomizableTransform
-from scipy import ndimage
+
+from .anomaly_synthesis import SyntheticAnomalyTransform
 
 __all__ = ["RandForeignTissueAnomalyd"]
 
 
-class RandForeignTissueAnomalyd(RandomizableTransform, MapTransform):
+class RandForeignTissueAnomalyd(SyntheticAnomalyTransform):
     """Blend an irregular blob of foreign tissue into the organ of a (patch, label) pair and label it.
 
     With probability ``prob``, a centre is drawn among the organ voxels (label ``organ_label``). The blob is an
@@ -55,8 +55,6 @@ class RandForeignTissueAnomalyd(RandomizableTransform, MapTransform):
         allow_missing_keys: do not raise on missing keys.
     """
 
-    backend = [torch.Tensor.__name__, np.ndarray.__name__]
-
     def __init__(
         self,
         keys: KeysCollection,
@@ -73,10 +71,7 @@ class RandForeignTissueAnomalyd(RandomizableTransform, MapTransform):
         min_organ_voxels: int = 50,
         allow_missing_keys: bool = False,
     ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
-        if organ_label == anomaly_label:
-            raise ValueError(f"anomaly_label must differ from organ_label, both are {organ_label}.")
+        super().__init__(keys, label_key, anomaly_label, (organ_label,), prob, spacing, allow_missing_keys)
         for name, pair in (
             ("radius_mm", radius_mm),
             ("intensity_scale", intensity_scale),
@@ -87,10 +82,7 @@ class RandForeignTissueAnomalyd(RandomizableTransform, MapTransform):
                 raise ValueError(f"{name} must be a [low, high] range, got {list(pair)}.")
         if radius_mm[0] <= 0 or opacity[0] < 0 or opacity[1] > 1:
             raise ValueError("radius_mm must be positive and opacity within [0, 1].")
-        self.label_key = label_key
         self.organ_label = int(organ_label)
-        self.anomaly_label = int(anomaly_label)
-        self.spacing = np.asarray(spacing, dtype=float)
         self.radius_mm = tuple(float(r) for r in radius_mm)
         self.intensity_scale = tuple(float(s) for s in intensity_scale)
         self.intensity_shift = tuple(float(s) for s in intensity_shift)
@@ -98,67 +90,35 @@ class RandForeignTissueAnomalyd(RandomizableTransform, MapTransform):
         self.irregularity = float(irregularity)
         self.min_organ_voxels = int(min_organ_voxels)
 
-    def _blob(self, shape: tuple[int, ...], centre: np.ndarray) -> tuple[np.ndarray, float]:
-        """Soft blob weight in [0, 1] and its mean radius in voxels."""
-        radius = self.R.uniform(*self.radius_mm) * self.R.uniform(0.7, 1.0, size=len(shape))
-        radius_vox = np.maximum(radius / self.spacing[: len(shape)], 1.0)
-        axes = [(np.arange(n) - c) / r for n, c, r in zip(shape, centre, radius_vox, strict=True)]
-        grids = np.meshgrid(*axes, indexing="ij")
-        q = np.sqrt(sum(g * g for g in grids))
-        if self.irregularity > 0:
-            field = ndimage.gaussian_filter(self.R.normal(size=shape), sigma=radius_vox / 2.0, mode="wrap")
-            field /= field.std() + 1e-6
-            q = q + self.irregularity * field
-        edge = 0.25
-        return np.clip((1.0 - q) / edge, 0.0, 1.0), float(radius_vox.mean())
-
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         self.randomize(None)
         if not self._do_transform:
             return d
-        label = d[self.label_key]
-        label_np = np.asarray(label.detach().cpu() if isinstance(label, torch.Tensor) else label)[0]
-        organ = np.round(label_np) == self.organ_label
+        organ = self.label_map(d) == self.organ_label
         candidates = np.argwhere(organ)
         if len(candidates) < self.min_organ_voxels:
             return d
         centre = candidates[self.R.randint(len(candidates))]
-        weight, radius = self._blob(organ.shape, centre)
-        weight *= organ
+        q, radius_vox = self.lobulated_distance(organ.shape, centre, self.radius_mm, self.irregularity)
+        weight = np.clip((1.0 - q) / 0.25, 0.0, 1.0) * organ
         blob = weight > 0.5
         if not blob.any():
             return d
+        radius = float(radius_vox.mean())
         shift = [
             int(self.R.choice([-1, 1]) * self.R.uniform(min(radius, n / 2), max(radius, n / 2) + 1))
             for n in organ.shape
         ]
-        opacity = self.R.uniform(*self.opacity)
+        blend = (self.R.uniform(*self.opacity) * weight).astype(np.float32)
         scale = self.R.uniform(*self.intensity_scale)
         offset = self.R.uniform(*self.intensity_shift)
-        for key in self.key_iterator(d):
-            image = d[key]
-            is_tensor = isinstance(image, torch.Tensor)
-            img = np.asarray(image.detach().cpu() if is_tensor else image, dtype=np.float32)
-            channel = img[0]
+
+        def painter(channel: np.ndarray) -> np.ndarray:
             tissue = np.roll(channel, shift, axis=tuple(range(channel.ndim)))
-            level = float(channel[organ].mean())
-            foreign = level + offset + scale * (tissue - float(tissue[blob].mean()))
-            blend = (opacity * weight).astype(np.float32)
-            painted = channel * (1.0 - blend) + foreign.astype(np.float32) * blend
-            painted = np.clip(painted, float(channel.min()), float(channel.max()))
-            out = img.copy()
-            out[0] = painted
-            if is_tensor:
-                new = torch.as_tensor(out, dtype=image.dtype, device=image.device)
-                d[key] = image.clone().copy_(new) if hasattr(image, "meta") else new
-            else:
-                d[key] = out
-        new_label = np.array(label_np, copy=True)
-        new_label[blob] = self.anomaly_label
-        new_label = new_label[None]
-        if isinstance(label, torch.Tensor):
-            d[self.label_key] = label.clone().copy_(torch.as_tensor(new_label, dtype=label.dtype))
-        else:
-            d[self.label_key] = new_label.astype(label.dtype)
+            foreign = float(channel[organ].mean()) + offset + scale * (tissue - float(tissue[blob].mean()))
+            return channel * (1.0 - blend) + foreign.astype(np.float32) * blend
+
+        self.paint(d, painter)
+        self.mark(d, blob)
         return d

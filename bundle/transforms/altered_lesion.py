@@ -1,0 +1,164 @@
+"""Synthetic lesion-like anomalies for outlier exposure: inlier tumours whose appearance is altered.
+
+An unseen tumour type is near-OOD: it looks more like the known tumours than like anything else in the organ, so a
+network that only learns "lesion versus organ" maps it onto the inlier tumour centres. Foreign tissue pasted into
+the organ (:class:`~bundle.transforms.RandForeignTissueAnomalyd`) is far-OOD and does not teach the difference. Here
+the outliers are lesions: a real inlier tumour of the patch keeps its shape and position, and its appearance is
+changed in ways no inlier type shows, drawn at random from generic operations on the image (no OOD lesion type, and
+nothing of the phantom's lesion vocabulary, is used):
+
+- its contrast to the organ is reversed or exaggerated (``contrast_factor``);
+- structure is added inside it: a few smooth blobs of random size and of random sign and strength
+  (``blob_count``, ``blob_sigma_mm``, ``blob_amplitude``);
+- its texture is replaced by correlated noise of another grain and strength (``texture_amplitude``).
+
+The contrast or the texture (or both) always change, so that no part of the lesion keeps an inlier look, and
+structure is added with probability one half. A patch without an inlier tumour gets a lobulated blob in the organ
+instead, given a new texture and added structure (never a plain shift, which would make a pdac- or pnet-like
+lesion). The altered voxels get ``anomaly_label``: no inlier class,
+left out of the segmentation losses and pushed from every cluster centre by the MaxQuery margin loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from scipy import ndimage
+
+from .anomaly_synthesis import SyntheticAnomalyTransform
+
+__all__ = ["RandAlteredLesiond"]
+
+
+class RandAlteredLesiond(SyntheticAnomalyTransform):
+    """Alter the appearance of an inlier tumour of a (patch, label) pair and label it as an outlier.
+
+    Args:
+        keys: the image key (channel-first, windowed intensities).
+        label_key: the label map key (channel-first index map).
+        organ_label: label value of the organ.
+        tumour_labels: label values of the inlier tumour types.
+        anomaly_label: label value written on the altered lesion (must not be an inlier class).
+        prob: probability of altering a lesion in a patch.
+        spacing: voxel spacing of the patch in mm (the training ``pixdim``).
+        contrast_factor: the lesion-to-organ contrast is multiplied by a factor drawn from
+            ``[-high, -low] U [low2, high2]`` given as ``[[-high, -low], [low2, high2]]``.
+        blob_count: range of the number of added blobs.
+        blob_sigma_mm: range of the blobs' size (Gaussian sigma, mm).
+        blob_amplitude: range of the blobs' absolute strength, in image units (0.1 is 50 HU with the default
+            window); the sign is random.
+        texture_amplitude: range of the strength of the replaced texture, in image units.
+        lesion_radius_mm: range of the radius of the blob made in a patch without an inlier tumour.
+        min_voxels: tumours (or organs, for a made blob) with fewer voxels in the patch are left alone.
+        allow_missing_keys: do not raise on missing keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_key: str = "label",
+        organ_label: int = 1,
+        tumour_labels: Sequence[int] = (2, 3),
+        anomaly_label: int = 255,
+        prob: float = 0.5,
+        spacing: Sequence[float] = (2.0, 2.0, 3.0),
+        contrast_factor: Sequence[Sequence[float]] = ((-1.5, -0.5), (1.8, 3.0)),
+        blob_count: Sequence[int] = (1, 5),
+        blob_sigma_mm: Sequence[float] = (1.5, 4.0),
+        blob_amplitude: Sequence[float] = (0.08, 0.4),
+        texture_amplitude: Sequence[float] = (0.03, 0.1),
+        lesion_radius_mm: Sequence[float] = (5.0, 14.0),
+        min_voxels: int = 8,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        tumour_labels = [int(v) for v in tumour_labels]
+        inliers = (organ_label, *tumour_labels)
+        super().__init__(keys, label_key, anomaly_label, inliers, prob, spacing, allow_missing_keys)
+        self.organ_label = int(organ_label)
+        self.tumour_labels = tumour_labels
+        self.contrast_factor = [tuple(float(v) for v in pair) for pair in contrast_factor]
+        self.blob_count = (int(blob_count[0]), int(blob_count[1]))
+        self.blob_sigma_mm = tuple(float(v) for v in blob_sigma_mm)
+        self.blob_amplitude = tuple(float(v) for v in blob_amplitude)
+        self.texture_amplitude = tuple(float(v) for v in texture_amplitude)
+        self.lesion_radius_mm = tuple(float(v) for v in lesion_radius_mm)
+        self.min_voxels = int(min_voxels)
+
+    def _made_lesion(self, organ: np.ndarray) -> np.ndarray | None:
+        """A lobulated blob inside the organ (for patches without an inlier tumour)."""
+        candidates = np.argwhere(organ)
+        if len(candidates) < self.min_voxels:
+            return None
+        centre = candidates[self.R.randint(len(candidates))]
+        q, _ = self.lobulated_distance(organ.shape, centre, self.lesion_radius_mm, 0.25)
+        lesion = (q < 1.0) & organ
+        return lesion if lesion.sum() >= self.min_voxels else None
+
+    def _structure(self, lesion: np.ndarray) -> np.ndarray:
+        """Smooth blobs of random sign and strength centred inside the lesion."""
+        added = np.zeros(lesion.shape, dtype=np.float32)
+        inside = np.argwhere(lesion)
+        for _ in range(self.R.randint(self.blob_count[0], self.blob_count[1] + 1)):
+            centre = inside[self.R.randint(len(inside))]
+            sigma = self.R.uniform(*self.blob_sigma_mm) / self.spacing[: lesion.ndim]
+            offsets = [(np.arange(n) - c) / s for n, c, s in zip(lesion.shape, centre, sigma, strict=True)]
+            bump = np.exp(-0.5 * sum(o * o for o in np.meshgrid(*offsets, indexing="ij")))
+            amplitude = self.R.uniform(*self.blob_amplitude) * self.R.choice([-1.0, 1.0])
+            added += (amplitude * bump).astype(np.float32)
+        return added
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        label_np = self.label_map(d)
+        organ = label_np == self.organ_label
+        if organ.sum() < self.min_voxels:
+            return d
+        present = [v for v in self.tumour_labels if (label_np == v).sum() >= self.min_voxels]
+        if present:
+            components, count = ndimage.label(label_np == present[self.R.randint(len(present))])
+            sizes = ndimage.sum_labels(np.ones_like(components), components, index=range(1, count + 1))
+            big = [i + 1 for i, size in enumerate(sizes) if size >= self.min_voxels]
+            if not big:
+                return d
+            lesion = components == big[self.R.randint(len(big))]
+            made = False
+        else:
+            lesion = self._made_lesion(organ)
+            if lesion is None:
+                return d
+            made = True
+        # the whole lesion must look altered (a part left as it was would teach that inlier tissue is an outlier):
+        # the contrast or the texture (or both) always change; a made lesion gets a new texture and structure
+        ops = self.R.uniform(size=3) < 0.5
+        if made:
+            ops[1] = ops[2] = True
+        elif not (ops[0] or ops[2]):
+            ops[2 * self.R.randint(2)] = True
+        low, high = self.contrast_factor[self.R.randint(len(self.contrast_factor))]
+        factor = self.R.uniform(low, high)
+        texture_sigma = self.R.uniform(0.5, 2.5, size=lesion.ndim)
+        texture = self.smooth_noise(lesion.shape, texture_sigma) * self.R.uniform(*self.texture_amplitude)
+        structure = self._structure(lesion) if ops[1] else None
+        soft = np.clip(ndimage.gaussian_filter(lesion.astype(np.float32), 0.7), 0.0, 1.0)
+        soft = np.maximum(soft, lesion.astype(np.float32))
+
+        def painter(channel: np.ndarray) -> np.ndarray:
+            level = float(np.median(channel[organ]))
+            altered = channel.copy()
+            if ops[0]:
+                altered = level + factor * (altered - level)
+            if ops[2]:
+                altered = ndimage.gaussian_filter(altered, 1.0) + texture.astype(np.float32)
+            if structure is not None:
+                altered = altered + structure
+            return channel * (1.0 - soft) + altered * soft
+
+        self.paint(d, painter)
+        self.mark(d, lesion)
+        return d
