@@ -47,7 +47,8 @@ class MaxQueryCriterion(nn.Module):
         queries_per_class: the number of queries of each class (fixed query classes), needed by the compactness
             loss.
         outlier_label: label value of outlier-exposure voxels (synthetic anomalies,
-            :class:`~bundle.transforms.RandForeignTissueAnomalyd`); ``None``: labels hold inlier classes only.
+            :class:`~bundle.transforms.RandAlteredLesiond`, :class:`~bundle.transforms.RandForeignTissueAnomalyd`);
+            ``None``: labels hold inlier classes only.
             These voxels belong to no inlier class: the segmentation and QD losses leave them out, and the MaxQuery
             margin loss pushes them away from every centre.
         margin_weight: weight of the :class:`~bundle.losses.outlier.MaxQueryMarginLoss` on the final layer's
@@ -142,7 +143,7 @@ class MaxQueryCriterion(nn.Module):
             label: class index map ``(B, 1, *spatial)``.
         """
         label, outlier = self._split_outliers(label)
-        valid = None if self.outlier_label is None else ~outlier.flatten(1)
+        valid = ~outlier.flatten(1) if bool(outlier.any()) else None
         if isinstance(outputs, torch.Tensor):
             probs = outputs[:, : self.num_classes]
             target = self.seg_loss.flat_target(label, self.num_classes)
