@@ -15,18 +15,15 @@ import os
 import platform
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from test_monailabel_app import make_model, make_studies  # noqa: E402
-from test_monailabel_server import running_server  # noqa: E402
+from test_monailabel_server import running_server, simultaneous_inference  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,28 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         conf = {"infer_concurrency": str(args.infer_concurrency)}
         with running_server(work, studies, model, conf=conf) as (client, _):
             client.post("/infer/maxquery", params={"image": "case_a", "output": "json"})  # load the model once
-            barrier = threading.Barrier(args.requests + 1)
-            results: list[tuple[int, float]] = []
-
-            def infer() -> None:
-                with httpx.Client(base_url=str(client.base_url), timeout=600) as own:
-                    barrier.wait()
-                    begin = time.perf_counter()
-                    response = own.post("/infer/maxquery", params={"image": "case_b", "output": "json"})
-                    results.append((response.status_code, time.perf_counter() - begin))
-
-            threads = [threading.Thread(target=infer) for _ in range(args.requests)]
-            for thread in threads:
-                thread.start()
-            barrier.wait()
-            latencies = []
-            while any(thread.is_alive() for thread in threads):
-                begin = time.perf_counter()
-                client.get("/info/")
-                latencies.append(time.perf_counter() - begin)
-                time.sleep(0.05)
-            for thread in threads:
-                thread.join()
+            timed, info_answers = simultaneous_inference(client, args.requests, timeout_s=600)
+    results = [(response.status_code, seconds) for response, seconds in timed]
+    latencies = [seconds for _, seconds in info_answers]
     codes = sorted(code for code, _ in results)
     served = [seconds for code, seconds in results if code == 200]
     refused = [seconds for code, seconds in results if code == 503]

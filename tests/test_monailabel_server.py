@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -241,38 +242,54 @@ def test_server_infers_scores_samples_saves_labels_and_trains(server, tmp_path: 
     assert np.isfinite(params["ood_score"])
 
 
+def simultaneous_inference(
+    client: httpx.Client, requests: int, image: str = "case_b", timeout_s: float = 300
+) -> tuple[list[tuple[httpx.Response, float]], list[tuple[int, float]]]:
+    """Send ``requests`` inference requests on ``image`` at once (each may take ``timeout_s``) and poll
+    ``GET /info/`` every 50 ms until all are answered.
+
+    Returns:
+        each inference response with its seconds, and each ``/info/`` status code with its seconds.
+    """
+    start = threading.Barrier(requests + 1)
+    responses: list[tuple[httpx.Response, float]] = []
+
+    def infer() -> None:
+        with httpx.Client(base_url=str(client.base_url), timeout=timeout_s) as own:
+            start.wait()
+            begin = time.perf_counter()
+            response = own.post("/infer/maxquery", params={"image": image, "output": "json"})
+            responses.append((response, time.perf_counter() - begin))
+
+    threads = [threading.Thread(target=infer) for _ in range(requests)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    info = []
+    while any(thread.is_alive() for thread in threads):
+        begin = time.perf_counter()
+        status = client.get("/info/").status_code
+        info.append((status, time.perf_counter() - begin))
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join()
+    return responses, info
+
+
 @pytest.mark.slow
 def test_server_answers_while_inferring_and_bounds_concurrent_inference(tmp_path: Path) -> None:
     """8 simultaneous inference requests on one inference slot: /info/ answers meanwhile, the extra requests get a
     503 with a retry hint at once, and every accepted request completes."""
-    import threading
-
     studies = make_studies(tmp_path / "studies", ["case_a", "case_b"], labelled_ids=())
     model_path = make_model(tmp_path / "model")
     with running_server(tmp_path, studies, model_path, conf={"infer_concurrency": "1"}) as (client, _):
         assert client.post("/infer/maxquery", params={"image": "case_a", "output": "json"}).status_code == 200
-        start = threading.Barrier(9)
-        responses: list[httpx.Response] = []
-
-        def infer() -> None:
-            with httpx.Client(base_url=str(client.base_url), timeout=300) as own:
-                start.wait()
-                responses.append(own.post("/infer/maxquery", params={"image": "case_b", "output": "json"}))
-
-        threads = [threading.Thread(target=infer) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        start.wait()
-        latencies = []
-        while any(thread.is_alive() for thread in threads):
-            begin = time.perf_counter()
-            assert client.get("/info/").status_code == 200
-            latencies.append(time.perf_counter() - begin)
-            time.sleep(0.05)
-        for thread in threads:
-            thread.join()
+        timed, info = simultaneous_inference(client, 8)
+    responses = [response for response, _ in timed]
     codes = sorted(r.status_code for r in responses)
     assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 1, codes
     for refused in (r for r in responses if r.status_code == 503):
         assert refused.headers["retry-after"] == "5" and "infer_concurrency" in refused.json()["detail"]
-    assert latencies and max(latencies) < 1.0, latencies
+    assert info and all(status == 200 for status, _ in info), info
+    latencies = [seconds for _, seconds in info]
+    assert max(latencies) < 1.0, latencies

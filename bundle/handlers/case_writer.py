@@ -106,8 +106,7 @@ class OODCaseWriter:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["case", "score", "flag", "message"])
-        rows = [(name, score, message) for name, score, message in self.rows]
-        rows += [(name, None, message) for name, message in self.failed]
+        rows = self.rows + [(name, None, message) for name, message in self.failed]
         for name, score, message in sorted(rows, key=lambda row: row[0]):
             if score is None:
                 writer.writerow([name, "", "", message])

@@ -8,7 +8,7 @@ import torch
 from monai.handlers import CheckpointLoader
 from monai.utils import min_version, optional_import
 
-from bundle.networks.checkpoint import describe_mismatch
+from bundle.networks.checkpoint import describe_mismatch, read_state_dict
 
 Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
@@ -36,12 +36,10 @@ class NamedCheckpointLoader(CheckpointLoader):
 
     def _reason(self, path: Path, error: Exception) -> str:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as read_error:  # noqa: BLE001 - any reason the file cannot be read is reported
-            return f"not a readable PyTorch checkpoint (truncated or another format): {read_error}"
+            state = read_state_dict(path)
+        except ValueError as read_error:
+            return f"not a readable PyTorch checkpoint (truncated or another format): {read_error.__cause__}"
         network = self.load_dict.get("model")
         if isinstance(network, torch.nn.Module):
-            if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-                state = state["model"]
             return f"it does not fit the configured network: {describe_mismatch(network, state)}"
         return str(error)

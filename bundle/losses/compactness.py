@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .reduction import class_balanced_mean
 from .segmentation import ProbabilityDiceCELoss
 
 __all__ = ["QueryCompactnessLoss"]
@@ -53,12 +54,8 @@ class QueryCompactnessLoss(nn.Module):
         with torch.autocast(device_type=similarity.device.type, enabled=False):
             flat = similarity.float().flatten(2)  # (B, N, V)
             nearest = torch.stack([part.amax(1) for part in flat.split(self.counts, dim=1)], dim=1)  # (B, K, V)
-            own = nearest.gather(1, target.unsqueeze(1)).squeeze(1).flatten()  # (B * V,)
-            classes = target.flatten()
-            counts = torch.bincount(classes, minlength=self.num_classes).to(own.dtype)
-            sums = own.new_zeros(self.num_classes).scatter_add_(0, classes, 1.0 - own)
-            present = counts > 0
-            return (sums[present] / counts[present]).mean()
+            own = nearest.gather(1, target.unsqueeze(1)).squeeze(1)  # (B, V)
+            return class_balanced_mean(1.0 - own, target, self.num_classes)
 
     def forward(self, similarity: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """Loss of ``similarity`` ``(B, N, *spatial)`` against the class index map ``label`` ``(B, 1, *spatial)``."""

@@ -5,13 +5,16 @@ move together, so nothing in them ties the nearest-centre similarity ``max_n s``
 compactness term alone pulls unusual tissue onto the centres as well (``docs/benchmark/README.md``, variant g).
 This loss is the energy-bounded objective of Liu et al. (NeurIPS 2020) written for MaxQuery: inlier voxels are
 pushed to a nearest-centre cosine of at least ``inlier_margin``, and outlier-exposure voxels (synthetic anomalies,
-:class:`~bundle.transforms.RandForeignTissueAnomalyd`) to at most ``outlier_margin``, with squared hinges.
+:class:`~bundle.transforms.RandAlteredLesiond`, :class:`~bundle.transforms.RandForeignTissueAnomalyd`) to at most
+``outlier_margin``, with squared hinges.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .reduction import class_balanced_mean
 
 __all__ = ["MaxQueryMarginLoss"]
 
@@ -54,13 +57,8 @@ class MaxQueryMarginLoss(nn.Module):
             loss = nearest.new_zeros(())
             inlier = ~outlier
             if inlier.any():
-                classes = target[inlier]
                 hinge = torch.relu(self.inlier_margin - nearest[inlier]).square()
-                size = int(classes.max()) + 1
-                sums = hinge.new_zeros(size).scatter_add_(0, classes, hinge)
-                counts = hinge.new_zeros(size).scatter_add_(0, classes, torch.ones_like(hinge))
-                present = counts > 0
-                loss = loss + (sums[present] / counts[present]).mean()
+                loss = loss + class_balanced_mean(hinge, target[inlier])
             if outlier.any():
                 loss = loss + torch.relu(nearest[outlier] - self.outlier_margin).square().mean()
             return loss

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["describe_mismatch", "load_weights"]
+__all__ = ["describe_mismatch", "load_weights", "read_state_dict"]
 
 
 def load_weights(network: nn.Module, path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
@@ -24,12 +24,7 @@ def load_weights(network: nn.Module, path: str | os.PathLike, device: torch.devi
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=torch.device(device), weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read the checkpoint {path} (truncated or not a PyTorch file): {err}") from err
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
+    state = read_state_dict(path, torch.device(device))
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -37,6 +32,23 @@ def load_weights(network: nn.Module, path: str | os.PathLike, device: torch.devi
             f"the checkpoint {path} does not fit the configured network: {describe_mismatch(network, state)}"
         ) from err
     return network.to(device).eval()
+
+
+def read_state_dict(path: str | os.PathLike, map_location: torch.device | str = "cpu") -> dict:
+    """The weights in a checkpoint file: a plain state dict, or the ``"model"`` entry of a ``{"model": ...}``
+    checkpoint (as written by MONAI's ``CheckpointSaver``).
+
+    Raises:
+        ValueError: the file cannot be read as a PyTorch checkpoint (truncated, or another format); the message
+            names the file.
+    """
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(f"cannot read the checkpoint {path} (truncated or not a PyTorch file): {err}") from err
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    return state
 
 
 def describe_mismatch(network: nn.Module, state: dict, limit: int = 5) -> str:
