@@ -285,3 +285,17 @@ def test_staging_folders_of_killed_trainings_are_removed_and_running_ones_kept(t
     assert sorted(removed) == [".maxquery-train-dead", ".maxquery-train-orphan"]
     assert folders["alive"].is_dir() and folders["fresh"].is_dir()
     assert (tmp_path / "model.pt").read_bytes() == b"served"
+
+
+def test_background_task_records_are_answered_as_json_even_while_their_worker_logs():
+    import json
+    from collections import deque
+
+    from lib.server_guard import _task_snapshot
+
+    task = {"id": "t1", "status": "RUNNING", "details": deque(["epoch 1", "epoch 2"], maxlen=20)}
+    snapshot = _task_snapshot(task)
+    assert json.loads(json.dumps(snapshot)) == {"id": "t1", "status": "RUNNING", "details": ["epoch 1", "epoch 2"]}
+    task["details"].append("epoch 3")  # the worker goes on with its own record
+    assert snapshot["details"] == ["epoch 1", "epoch 2"] and isinstance(task["details"], deque)
+    assert _task_snapshot(None) is None

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -143,6 +144,17 @@ def _background(kind: str, name: str | None, params: dict | None) -> None:
         app.check_background_request(kind, name, params or {})
 
 
+def _task_snapshot(task: Any) -> Any:
+    """A JSON-ready copy of the task record that MONAI Label returns for a background request.
+
+    MONAI Label hands back the very dict its worker thread goes on filling, which soon holds a ``deque`` of log
+    lines; serialised at that moment, the answer is an HTTP 500. The copy is taken at once and holds lists.
+    """
+    if not isinstance(task, dict):
+        return task
+    return {key: list(value) if isinstance(value, deque) else value for key, value in dict(task).items()}
+
+
 def _router() -> APIRouter:
     router = APIRouter(include_in_schema=False)
     role_user = settings.MONAI_LABEL_AUTH_ROLE_USER
@@ -202,14 +214,14 @@ def _router() -> APIRouter:
         user: User = Depends(RBAC(role_admin)),
     ) -> Any:
         _background("train", model, params)
-        return train.run_model(model, params, run_sync, enqueue)
+        return _task_snapshot(train.run_model(model, params, run_sync, enqueue))
 
     @router.post("/train/")
     async def guarded_train_all(
         params: dict | None = None, run_sync: bool | None = False, user: User = Depends(RBAC(role_admin))
     ) -> Any:
         _background("train", None, params)
-        return train.run(params, run_sync)
+        return _task_snapshot(train.run(params, run_sync))
 
     @router.post("/scoring/{method}")
     async def guarded_scoring_method(
@@ -219,14 +231,14 @@ def _router() -> APIRouter:
         user: User = Depends(RBAC(role_annotator)),
     ) -> Any:
         _background("scoring", method, params)
-        return scoring.run_method(method, params, run_sync)
+        return _task_snapshot(scoring.run_method(method, params, run_sync))
 
     @router.post("/scoring/")
     async def guarded_scoring_all(
         params: dict | None = None, run_sync: bool | None = False, user: User = Depends(RBAC(role_annotator))
     ) -> Any:
         _background("scoring", None, params)
-        return scoring.run(params, run_sync)
+        return _task_snapshot(scoring.run(params, run_sync))
 
     @router.post("/batch/infer/{model}")
     async def guarded_batch_infer(
@@ -237,7 +249,7 @@ def _router() -> APIRouter:
         user: User = Depends(RBAC(role_admin)),
     ) -> Any:
         _background("batch_infer", model, {**(params or {}), "images": images.value if images else "all"})
-        return batch_infer.run(model, images, params, run_sync)
+        return _task_snapshot(batch_infer.run(model, images, params, run_sync))
 
     @router.put("/model/{model}")
     async def guarded_model_upload(model: str, user: User = Depends(RBAC(role_annotator))) -> Any:
