@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bad_inputs import BAD_IMAGES, BAD_LABELS, write_bad_image, write_bad_label
 
 from bundle.data.phantom import generate_dataset
 
@@ -316,6 +317,42 @@ def test_bad_inputs_stop_with_a_named_problem(trained, dataset, tmp_path):
     assert not absent.exists(), "a user's missing dataset must not be replaced by a generated phantom"
 
 
+def test_the_bad_input_table_is_refused_by_name_in_inference_and_training(trained, dataset, tmp_path):
+    good = sorted((dataset / "imagesTs").glob("*.nii.gz"))[0]
+    reference = nib.load(str(good))
+    image, affine = np.asarray(reference.dataobj), reference.affine
+    bad = [write_bad_image(kind, tmp_path / "in" / f"{kind}.nii.gz", image, affine) for kind in BAD_IMAGES]
+    out = tmp_path / "out"
+    datalist = [{"image": str(path)} for path in (good, *bad)]
+    error = bundle_run_failing(
+        ["configs/inference.json"], datalist=datalist, ckpt_dir=trained / "models", output_dir=out, **TINY
+    )
+    assert f"{len(BAD_IMAGES)} of {len(datalist)} case(s) failed" in error
+    rows = {row["case"]: row for row in csv.DictReader((out / "ood_cases.csv").open())}
+    for kind, fragment in BAD_IMAGES.items():
+        message = rows[kind]["message"]
+        assert fragment in message and f"{kind}.nii.gz" in message, (kind, message)
+        assert rows[kind]["score"] == "" and not list(out.glob(f"{kind}_*"))
+    assert np.isfinite(float(rows[good.name[: -len(".nii.gz")]]["score"]))
+
+    case = json.loads((dataset / "dataset.json").read_text())["training"][0]
+    label = nib.load(str(dataset / case["label"]))
+    for kind, fragment in BAD_LABELS.items():
+        label_path = tmp_path / "labels" / f"{kind}.nii.gz"
+        write_bad_label(kind, label_path, np.asarray(label.dataobj), label.affine)
+        models = tmp_path / f"models_{kind}"
+        error = bundle_run_failing(
+            ["configs/train.json"],
+            dataset_dir=dataset,
+            train_datalist=[{"image": str(dataset / case["image"]), "label": str(label_path)}],
+            ckpt_dir=models,
+            output_dir=tmp_path / f"eval_{kind}",
+            **TINY,
+        )
+        assert fragment in error and f"{kind}.nii.gz" in error, (kind, error[-2000:])
+        assert not list(models.glob("*.pt")), "nothing is trained or saved from a bad label"
+
+
 def test_a_bad_case_gets_its_row_and_the_other_cases_complete(trained, dataset, tmp_path):
     good = sorted((dataset / "imagesTs").glob("*.nii.gz"))[0]
     flat = tmp_path / "flat.nii.gz"
@@ -384,6 +421,8 @@ def test_training_killed_with_sigkill_resumes_and_pairs_the_model_with_its_calib
             proc.kill()
     killed_at = epoch()
     assert 3 <= killed_at < 40 and (models / "model.pt").is_file()
+    best_at_kill = torch.load(state_path, weights_only=True)["best_model"]["best_metric"]
+    assert best_at_kill is not None, "the state saved after a validation records the best metric"
     assert not (models / "ood_calibration.json").exists(), "calibration is written only after the last epoch"
     assert not list(models.glob("*.partial")) and not list(models.glob(".*tmp*"))
 
@@ -391,6 +430,7 @@ def test_training_killed_with_sigkill_resumes_and_pairs_the_model_with_its_calib
     log = bundle_run(["configs/train.json"], **resume)
     assert f"resumed training from {state_path} at epoch {killed_at}." in log
     assert epoch() == 40
+    assert torch.load(state_path, weights_only=True)["best_model"]["best_metric"] >= best_at_kill
     calibration = json.loads((models / "ood_calibration.json").read_text())
     assert calibration["model_sha256"] == file_sha256(models / "model.pt")
 

@@ -245,6 +245,22 @@ def test_compactness_gradient_pulls_the_nearest_centre_of_the_own_class_only():
     assert ((grad < 0).sum(0) == 1).all(), "exactly one centre (the nearest of the voxel's class) is pulled"
 
 
+def test_compactness_of_chosen_classes_ignores_the_others():
+    label = label_map(seed=6)
+    normal = QueryCompactnessLoss([2, 2, 2, 2], classes=[0, 1])
+    similarity = centred_similarity(label)
+    tumour = label[:, 0] >= 2
+    similarity.movedim(1, -1)[tumour] = 0.0  # the tumour voxels are far from every centre
+    assert normal(similarity, label).item() == pytest.approx(0.0, abs=1e-6)
+    assert QueryCompactnessLoss([2, 2, 2, 2])(similarity, label).item() > 0.4
+    similarity.movedim(1, -1)[label[:, 0] == 1] = 0.0  # now the organ is loose: counted as one of two classes
+    assert normal(similarity, label).item() == pytest.approx(0.5, abs=1e-6)
+    only_tumours = label.clone().clamp_min(2)
+    assert normal(similarity, only_tumours).item() == 0.0  # no voxel of a pulled class in the batch
+    with pytest.raises(ValueError, match="subset"):
+        QueryCompactnessLoss([2, 2, 2, 2], classes=[4])
+
+
 def test_criterion_adds_the_compactness_of_the_final_layer():
     label = label_map(seed=5)
     z, m = F.one_hot(label[:, 0], 4).movedim(-1, 1).float(), perfect_query_probs(label)

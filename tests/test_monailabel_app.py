@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bad_inputs import BAD_IMAGES, BAD_LABELS, write_bad_image, write_bad_label
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
@@ -746,3 +747,31 @@ def test_infer_result_in_nrrd_keeps_the_image_geometry(client: TestClient, studi
     image = LoadImage(image_only=True)(str(studies / "case_b.nii.gz"))
     assert tuple(result.shape) == IMAGE_SHAPE
     np.testing.assert_allclose(np.asarray(result.affine), np.asarray(image.affine), atol=1e-4)
+
+
+def test_the_bad_input_table_is_refused_by_name_by_the_server(tmp_path: Path, tiny_model: Path) -> None:
+    """The table that the command line refuses (tests/bad_inputs.py): uploaded, sent for inference, or found in the
+    studies folder, each bad image is a 422 that names the problem; each bad label is a 422 and stores nothing."""
+    image, label = synthetic_case(0)
+    studies = make_studies(tmp_path / "studies", ["case_a"], labelled_ids=())
+    for kind in BAD_IMAGES:  # copied into the studies folder behind the server's back
+        write_bad_image(kind, studies / f"found_{kind}.nii.gz", image, volume_affine())
+    uploads = {
+        kind: write_bad_image(kind, tmp_path / "up" / f"{kind}.nii.gz", image, volume_affine()) for kind in BAD_IMAGES
+    }
+    with monailabel_client(studies, app_conf(tiny_model)) as client:
+        for kind, fragment in BAD_IMAGES.items():
+            content = uploads[kind].read_bytes()
+            stored = _put_image(client, f"up_{kind}", f"{kind}.nii.gz", content)
+            sent = client.post("/infer/maxquery", files={"file": (f"{kind}.nii.gz", content)})
+            found = client.post("/infer/maxquery", params={"image": f"found_{kind}"})
+            for what, response in (("upload", stored), ("inference on a sent file", sent), ("inference", found)):
+                assert response.status_code == 422, (kind, what, response.status_code, response.text)
+                assert fragment in response.json()["detail"], (kind, what, response.json()["detail"])
+            assert not (studies / f"up_{kind}.nii.gz").exists()
+        for kind, fragment in BAD_LABELS.items():
+            bad = write_bad_label(kind, tmp_path / "labels" / f"{kind}.nii.gz", label, volume_affine())
+            response = _put_label(client, "case_a", f"{kind}.nii.gz", bad.read_bytes())
+            assert response.status_code == 422 and fragment in response.json()["detail"], (kind, response.text)
+            assert not (studies / "labels" / "final" / "case_a.nii.gz").exists()
+        assert client.post("/infer/maxquery", params={"image": "case_a", "output": "json"}).status_code == 200

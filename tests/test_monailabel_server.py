@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -132,6 +133,7 @@ def running_server(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: the training and scoring workers go with it
         )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
 
@@ -157,6 +159,15 @@ def running_server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=30)
+        kill_process_group(process)
+
+
+def kill_process_group(process: subprocess.Popen) -> None:
+    """SIGKILL every process left in the server's process group (its background workers), as a crash would."""
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    if process.poll() is None:
+        process.wait(timeout=30)
 
 
 @pytest.fixture

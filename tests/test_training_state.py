@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
-from bundle.handlers import ResumeTraining, TrainingStateSaver
+from bundle.handlers import BestModelSaver, ResumeTraining, TrainingStateSaver
 
 
 def make_run(seed: int = 0):
@@ -64,3 +64,47 @@ def test_no_resume_path_starts_from_scratch():
     ResumeTraining(None, objects).attach(engine)
     engine.run(data, max_epochs=1)
     assert engine.state.epoch == 1
+
+
+def _validations(saver, values):
+    """Run an evaluator whose key metric takes ``values`` in turn, one value per run, with ``saver`` attached."""
+    results = iter(values)
+    evaluator = Engine(lambda engine, batch: None)
+    evaluator.state.key_metric_name = "val_mean_dice"
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def _metric(engine):  # registered before the saver: the metric exists when the saver compares
+        engine.state.metrics["val_mean_dice"] = next(results)
+
+    saver.attach(evaluator)
+    for _ in values:
+        evaluator.run([0], max_epochs=1)
+
+
+def test_best_model_saver_keeps_the_best_model_across_a_resume(tmp_path):
+    net = torch.nn.Linear(4, 1)
+    path = tmp_path / "model.pt"
+    saver = BestModelSaver(path, {"model": net})
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    _validations(saver, [0.5])
+    with torch.no_grad():
+        net.weight.fill_(2.0)
+    _validations(saver, [0.3, float("nan")])  # worse, then not a number: the best model stays
+    assert torch.load(path, weights_only=True)["model"]["weight"].eq(1.0).all()
+    assert saver.state_dict()["best_metric"] == 0.5
+    state = saver.state_dict()
+
+    resumed = BestModelSaver(path, {"model": net})  # a new process after a resume
+    resumed.load_state_dict(state)
+    _validations(resumed, [0.4])
+    assert torch.load(path, weights_only=True)["model"]["weight"].eq(1.0).all(), "a worse model replaced the best"
+    _validations(resumed, [0.6])
+    assert torch.load(path, weights_only=True)["model"]["weight"].eq(2.0).all()
+    assert resumed.state_dict()["best_metric"] == 0.6 and not list(tmp_path.glob("*tmp*"))
+
+    fresh = BestModelSaver(path, {"model": net})  # no state: the first validation always saves
+    with torch.no_grad():
+        net.weight.fill_(3.0)
+    _validations(fresh, [0.1])
+    assert torch.load(path, weights_only=True)["model"]["weight"].eq(3.0).all()

@@ -19,6 +19,7 @@ from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
 
 from bundle.handlers.naming import strip_image_suffix
+from bundle.transforms.validation import read_error_reason
 
 from .keys import CASE_ERROR_KEY, CASE_NAME_KEY
 
@@ -35,9 +36,11 @@ def error_case_name(item: dict, image_key: str = "image") -> str:
 
 def _message(error: BaseException) -> str:
     """The error that names the problem: MONAI wraps a failing transform's error in "applying transform ..."."""
+    reason = read_error_reason(error)
     while error.__cause__ is not None and str(error).startswith("applying transform"):
         error = error.__cause__
-    return f"{type(error).__name__}: {error}".replace("\n", " ").strip()
+    message = f"{type(error).__name__}: {error}".replace("\n", " ").strip()
+    return f"{reason} ({message})" if reason else message
 
 
 class CaseIsolatingDataset(Dataset):

@@ -1,6 +1,7 @@
 """Ignite handlers wired by the bundle configs: OOD calibration, the case table, the evaluation report, checkpoint
-loading with named errors, resumable training and validation at the last epoch."""
+loading with named errors, the best model saved atomically, resumable training and validation at the last epoch."""
 
+from .best_model import BestModelSaver
 from .calibration import OODCalibrationHandler
 from .case_writer import OODCaseWriter
 from .checkpoint_loader import NamedCheckpointLoader
@@ -9,6 +10,7 @@ from .training_state import ResumeTraining, TrainingStateSaver
 from .validation import FinalEpochValidationHandler
 
 __all__ = [
+    "BestModelSaver",
     "BASELINE_METHODS",
     "FinalEpochValidationHandler",
     "NamedCheckpointLoader",

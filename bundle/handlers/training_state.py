@@ -13,7 +13,7 @@ from ignite.engine import Engine, Events
 
 from bundle.data.files import atomic_write
 
-__all__ = ["ResumeTraining", "TrainingStateSaver"]
+__all__ = ["ResumeTraining", "TrainingStateSaver", "unwrap_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class TrainingStateSaver:
 
     def save(self, engine: Engine) -> None:
         """Write the state file now."""
-        state = {name: _unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
+        state = {name: unwrap_model(obj).state_dict() for name, obj in self.save_dict.items()}
         state["trainer"] = engine.state_dict()
         atomic_write(self.save_path, lambda f: torch.save(state, f))
 
@@ -91,12 +91,13 @@ class ResumeTraining:
         if missing:
             raise ValueError(f"{self.load_path} is not a training state of this run: it lacks {missing}.")
         for name, obj in self.load_dict.items():
-            _unwrap(obj).load_state_dict(state[name])
+            unwrap_model(obj).load_state_dict(state[name])
         max_epochs = engine.state.max_epochs
         engine.load_state_dict(state["trainer"])
         engine.state.max_epochs = max_epochs
         logger.info("resumed training from %s at epoch %d.", self.load_path, engine.state.epoch)
 
 
-def _unwrap(obj: Any) -> Any:
+def unwrap_model(obj: Any) -> Any:
+    """The module inside a ``DistributedDataParallel`` wrapper (any other object as it is)."""
     return obj.module if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj

@@ -33,9 +33,11 @@ class QueryCompactnessLoss(nn.Module):
     Args:
         queries_per_class: number of queries of each class, in query order (the fixed query classes of
             :class:`~bundle.networks.MaskTransformer`).
+        classes: the classes whose voxels are pulled (default: all); e.g. ``[0, 1]`` makes only the normal anatomy
+            compact and leaves the tumour clusters free.
     """
 
-    def __init__(self, queries_per_class: Sequence[int]) -> None:
+    def __init__(self, queries_per_class: Sequence[int], classes: Sequence[int] | None = None) -> None:
         super().__init__()
         counts = [int(n) for n in queries_per_class]
         if len(counts) < 2 or any(n < 1 for n in counts):
@@ -43,6 +45,14 @@ class QueryCompactnessLoss(nn.Module):
         self.counts = counts
         self.num_classes = len(counts)
         self.num_queries = sum(counts)
+        chosen = list(range(len(counts))) if classes is None else sorted({int(k) for k in classes})
+        if not chosen or any(not 0 <= k < len(counts) for k in chosen):
+            raise ValueError(f"classes must be a non-empty subset of 0..{len(counts) - 1}, got {classes}.")
+        self.register_buffer(
+            "pulled",
+            torch.zeros(len(counts), dtype=torch.bool).index_fill_(0, torch.tensor(chosen), True),
+            persistent=False,
+        )
 
     def loss_flat(self, similarity: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss of ``(B, N, *spatial)`` similarities against a flattened, validated ``(B, V)`` class target."""
@@ -55,7 +65,10 @@ class QueryCompactnessLoss(nn.Module):
             flat = similarity.float().flatten(2)  # (B, N, V)
             nearest = torch.stack([part.amax(1) for part in flat.split(self.counts, dim=1)], dim=1)  # (B, K, V)
             own = nearest.gather(1, target.unsqueeze(1)).squeeze(1)  # (B, V)
-            return class_balanced_mean(1.0 - own, target, self.num_classes)
+            pulled = self.pulled.to(target.device)[target]
+            if not pulled.any():
+                return own.sum() * 0.0
+            return class_balanced_mean(1.0 - own[pulled], target[pulled], self.num_classes)
 
     def forward(self, similarity: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """Loss of ``similarity`` ``(B, N, *spatial)`` against the class index map ``label`` ``(B, 1, *spatial)``."""

@@ -46,6 +46,7 @@ class MaxQueryCriterion(nn.Module):
         compactness_weight: weight of the query-compactness loss; 0 disables it.
         queries_per_class: the number of queries of each class (fixed query classes), needed by the compactness
             loss.
+        compactness_classes: the classes the compactness loss pulls onto their centres (default: all).
         outlier_label: label value of outlier-exposure voxels (synthetic anomalies,
             :class:`~bundle.transforms.RandAlteredLesiond`, :class:`~bundle.transforms.RandForeignTissueAnomalyd`);
             ``None``: labels hold inlier classes only.
@@ -69,6 +70,7 @@ class MaxQueryCriterion(nn.Module):
         include_background: bool = True,
         compactness_weight: float = 0.0,
         queries_per_class: Sequence[int] | None = None,
+        compactness_classes: Sequence[int] | None = None,
         outlier_label: int | None = None,
         margin_weight: float = 0.0,
         inlier_margin: float = 0.8,
@@ -98,7 +100,9 @@ class MaxQueryCriterion(nn.Module):
         if compactness_weight > 0 and queries_per_class is None:
             raise ValueError("the compactness loss needs queries_per_class (the fixed class of every query).")
         self.compactness_weight = float(compactness_weight)
-        self.compactness_loss = QueryCompactnessLoss(queries_per_class) if compactness_weight > 0 else None
+        self.compactness_loss = (
+            QueryCompactnessLoss(queries_per_class, compactness_classes) if compactness_weight > 0 else None
+        )
         if margin_weight < 0:
             raise ValueError(f"margin_weight must be non-negative, got {margin_weight}.")
         if outlier_label is not None and 0 <= outlier_label < num_classes:

@@ -3,7 +3,14 @@
 from .altered_lesion import RandAlteredLesiond
 from .organ_region import LocaliseOrgand, PasteOrganRegiond, box_with_margin, largest_component
 from .synthetic_anomaly import RandForeignTissueAnomalyd
-from .validation import InvalidVolumeError, ValidateVolumed, geometry_problem, label_geometry_problem, source_name
+from .validation import (
+    InvalidVolumeError,
+    ValidateVolumed,
+    geometry_problem,
+    label_geometry_problem,
+    read_error_reason,
+    source_name,
+)
 
 __all__ = [
     "InvalidVolumeError",
@@ -15,6 +22,7 @@ __all__ = [
     "box_with_margin",
     "geometry_problem",
     "label_geometry_problem",
+    "read_error_reason",
     "largest_component",
     "source_name",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -14,6 +16,7 @@ __all__ = [
     "AFFINE_TOLERANCE_MM",
     "InvalidVolumeError",
     "ValidateVolumed",
+    "read_error_reason",
     "geometry_problem",
     "label_geometry_problem",
     "source_name",
@@ -38,6 +41,24 @@ def source_name(data: Mapping[Hashable, object], key: Hashable) -> str:
     if isinstance(meta, Mapping) and meta.get("filename_or_obj"):
         return str(meta["filename_or_obj"])
     return f"<{key}>"
+
+
+def read_error_reason(error: BaseException) -> str | None:
+    """Plain words for the low-level errors of a file that cannot be read, or ``None`` for any other error.
+
+    A cut-short copy surfaces as ``EOFError: Compressed file ended before the end-of-stream marker was reached`` or a
+    zlib error, an empty file as ``Empty file``; neither says what a user must fix.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error)
+        if isinstance(error, EOFError | zlib.error | gzip.BadGzipFile) or "end-of-stream" in text:
+            return "the file is truncated or corrupt (an interrupted copy?)"
+        if "Empty file" in text or "file is empty" in text.lower():
+            return "the file is empty"
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def geometry_problem(affine: object) -> str | None:

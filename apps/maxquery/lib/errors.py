@@ -14,6 +14,8 @@ from monailabel.interfaces.exception import (
     MONAILabelException,
 )
 
+from bundle.transforms.validation import read_error_reason
+
 __all__ = [
     "ForbiddenError",
     "InvalidInputError",
@@ -50,10 +52,13 @@ def _invalid_volume_error() -> type[Exception]:
 
 
 def short_error(error: BaseException, limit: int = 300) -> str:
-    """The first line of an error's message (readers list every reader they tried), cut to ``limit`` characters."""
+    """The first line of an error's message (readers list every reader they tried), cut to ``limit`` characters,
+    after plain words for a truncated or empty file (:func:`~bundle.transforms.validation.read_error_reason`)."""
     text = str(error).strip()
     first_line = text.splitlines()[0] if text else ""
-    return f"{type(error).__name__}: {first_line[:limit]}" if first_line else type(error).__name__
+    short = f"{type(error).__name__}: {first_line[:limit]}" if first_line else type(error).__name__
+    plain = read_error_reason(error)
+    return f"{plain}: {short}" if plain else short
 
 
 def _message(error: BaseException) -> str:
