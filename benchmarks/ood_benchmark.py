@@ -34,7 +34,8 @@ Further ``--ID VALUE`` pairs are config overrides applied to every model (e.g. a
 ``--parallel`` trains and evaluates the variants side by side, one process each (small models leave a large GPU
 mostly idle); with ``--train_seconds S`` it first times a few epochs of every variant under the same concurrency and
 sets ``max_epochs`` so that training takes about ``S`` seconds. ``--report_only`` rebuilds the report from the
-evaluations in ``--work_dir``.
+evaluations in ``--work_dir``. ``--reference RESULTS_JSON`` takes a compared model that is left out of
+``--variants`` (e.g. the DynUNet of an earlier report, same data and evaluation) from that report, and says so.
 Settings are chosen on inlier validation data only; ``test_ood`` is used for reporting, never for tuning.
 """
 
@@ -201,6 +202,17 @@ def fit_epochs_to_budget(args: argparse.Namespace, extra: list[str], work: Path,
     return epochs
 
 
+def reference_results(path: Path, names: list[str]) -> dict:
+    """The entries of ``names`` in an earlier report (``results.json``), each marked with the report it came from.
+
+    A model whose checkpoint is not at hand (e.g. a baseline trained for an earlier version, on the same data, with
+    the same evaluation) is then compared by its recorded metrics and intervals, and the report says so.
+    """
+    earlier = json.loads(path.read_text())["models"]
+    shown = str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+    return {name: {**earlier[name], "reference": shown} for name in names if name in earlier}
+
+
 def best_baseline(results: dict) -> dict[str, float]:
     """The best value of each pixel metric over every non-MaxQuery score of every model."""
     best = {"auroc": -np.inf, "aupr": -np.inf, "fpr95": np.inf, "case_auroc": -np.inf}
@@ -287,6 +299,9 @@ def markdown(report: dict) -> str:
         f"# OOD benchmark\n\nTrained on: {'; '.join(trained_on)}. Report made on: {report['machine']}. "
         f"Seeds: {report['seeds']}. Settings: `{json.dumps(report['settings'])}`.\n"
     ]
+    for name, result in report["models"].items():
+        if result.get("reference"):
+            lines.append(f"{name}: the figures of `{result['reference']}` (not re-evaluated in this run).\n")
     settings = [r["intervals"]["bootstrap"] for r in report["models"].values() if r.get("intervals")]
     if settings:
         lines.append(
@@ -396,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", action="store_true", help="one process per variant, all at once")
     parser.add_argument("--train_seconds", type=float, help="with --parallel: fit max_epochs to this training time")
     parser.add_argument("--report_only", action="store_true", help="report the evaluations in --work_dir")
+    parser.add_argument(
+        "--reference",
+        help="an earlier results.json: a compared model left out of --variants is taken from it (metrics, intervals)",
+    )
     parser.add_argument("--train_only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args, extra = parser.parse_known_args(argv)
@@ -415,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
             train_and_evaluate(name, work, common, args.max_epochs, args.reuse, args.train_only)
         return 0
     missing = [name for name in REQUIRED if name not in args.variants]
+    referenced = reference_results(Path(args.reference), missing) if args.reference else {}
+    missing = [name for name in missing if name not in referenced]
     if missing:
         parser.error(f"the report compares against {', '.join(missing)}: add it to --variants.")
     if args.train_seconds and not args.parallel:
@@ -438,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {name: load_result(name, work) for name in args.variants}
     for name, result in results.items():
         result["intervals"] = bootstrap_intervals(work, name)
+    results = {**referenced, **results}
     out.mkdir(parents=True, exist_ok=True)
     ours = results["c_mask_transformer_qd"]["metrics"]
     maxquery = {**ours["pixel_ood"]["maxquery"], "case_auroc": ours["case_ood"]["maxquery"]["auroc"]}

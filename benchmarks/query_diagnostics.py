@@ -9,6 +9,8 @@ that query's class logits is the cluster's class. The report gives, for each mod
 - per voxel type (background margin, organ, each inlier tumour class, OOD lesion), the share of voxels whose nearest
   cluster is of each class, and the share whose nearest query is each query (so one sees, e.g., whether pdac voxels
   sit nearest to the pdac queries and which queries the OOD voxels join);
+- the share of each voxel type that MaxQuery scores at least as high as the median OOD voxel (where its false
+  positives come from);
 - the pixel-level AUROC (OOD lesion voxels positive) of the MaxQuery score over all queries and over the queries of
   each class alone (``-max_n R`` over that subset; +inf where a window has no query of the class), and the affinity
   temperature.
@@ -164,6 +166,9 @@ def diagnose(name: str, dataset_dir: Path, work: Path, overrides: dict, device: 
         }
         for n in range(num_queries)
     ]
+    # where the false positives are: the share of each voxel type that MaxQuery ranks above the median OOD voxel
+    ood_median = float(np.median(scores[0][is_ood])) if is_ood.any() else float("nan")
+    above_ood_median = {type_names[t]: float(np.mean(scores[0][voxel_types == t] >= ood_median)) for t in present}
     auroc = {"all queries": float(roc_auc_score(is_ood, scores[0]))}
     auroc.update({f"{c} queries": float(roc_auc_score(is_ood, scores[1 + k])) for k, c in enumerate(class_names)})
     counts = {type_names[t]: int(np.sum(voxel_types == t)) for t in range(num_classes + 1)}
@@ -172,6 +177,7 @@ def diagnose(name: str, dataset_dir: Path, work: Path, overrides: dict, device: 
         "nearest_cluster_share": shares,
         "nearest_query_share": query_shares,
         "maxquery_auroc": auroc,
+        "above_ood_median": above_ood_median,
         "voxels": counts,
         "images": len(class_probs),
         "classes": num_classes,
@@ -208,6 +214,13 @@ def markdown(results: dict, dataset_dir: Path | str) -> str:
         lines.append("| --- " * (len(queries) + 1) + "|")
         for kind, row in result["nearest_query_share"].items():
             lines.append(f"| {kind} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+        if "above_ood_median" in result:
+            lines += [
+                "",
+                "Share of each voxel type whose MaxQuery score is at least the median score of the OOD voxels.\n",
+            ]
+            lines += ["| voxels | share |", "| --- | --- |"]
+            lines += [f"| {kind} | {share:.3f} |" for kind, share in result["above_ood_median"].items()]
         lines += ["", "| MaxQuery over | pixel AUROC |", "| --- | --- |"]
         lines += [f"| {subset} | {value:.3f} |" for subset, value in result["maxquery_auroc"].items()]
         lines.append("")

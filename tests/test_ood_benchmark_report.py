@@ -47,3 +47,23 @@ def test_markdown_reports_every_score_the_training_machine_and_missing_timings()
     assert "| c_mask_transformer_qd | maxquery | 0.990 | 0.900 | 0.010 | 1.000 |" in text
     assert "| a_dynunet | 0.800 | 0.100 | 1.0 | - |" in text  # no evaluation time recorded
     assert "- auroc: 0.990 (yes)" in text and "- fpr95: 0.400 (no)" in text
+
+
+def test_a_model_left_out_is_taken_from_an_earlier_report_and_marked(tmp_path):
+    import json
+
+    from benchmarks.ood_benchmark import reference_results
+
+    earlier = tmp_path / "results.json"
+    earlier.write_text(json.dumps({"models": RESULTS}))
+    taken = reference_results(earlier, ["a_dynunet", "b_not_in_the_report"])
+    assert list(taken) == ["a_dynunet"] and taken["a_dynunet"]["metrics"] == RESULTS["a_dynunet"]["metrics"]
+    report = {
+        "machine": "CPU Y",
+        "seeds": {"training": 0},
+        "settings": {},
+        "classes": ["pancreas", "pdac"],
+        "models": {**taken, "c_mask_transformer_qd": RESULTS["c_mask_transformer_qd"]},
+        "targets": {},
+    }
+    assert f"a_dynunet: the figures of `{earlier}` (not re-evaluated in this run)." in markdown(report)

@@ -82,6 +82,7 @@ def test_report_lists_each_query_and_a_row_per_tumour_class():
         "nearest_cluster_share": {t: {c: 0.25 for c in classes} for t in types},
         "nearest_query_share": {t: [0.125] * 8 for t in types},
         "maxquery_auroc": {"all queries": 0.8},
+        "above_ood_median": {t: 0.5 if t == "OOD lesion" else 0.1 for t in types},
         "voxels": dict.fromkeys(types, 10),
         "images": 3,
         "temperature": 0.1,
@@ -91,3 +92,4 @@ def test_report_lists_each_query_and_a_row_per_tumour_class():
     assert "| voxels | q0 background | q1 background | q2 pancreas |" in text
     assert "| inlier tumour: pnet | " + " | ".join(["0.125"] * 8) + " |" in text
     assert "fixed by the configuration), mean over 3 images" in text
+    assert "| organ | 0.100 |" in text and "| OOD lesion | 0.500 |" in text

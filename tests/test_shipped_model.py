@@ -45,3 +45,21 @@ def test_the_records_agree_with_the_benchmark_and_the_version(repo_root):
     expected.update({f"maxquery_pixel_{key}": maxquery[key] for key in ("auroc", "aupr", "fpr95")})
     expected["maxquery_case_auroc"] = shipped["case_ood"]["maxquery"]["auroc"]
     assert metadata["eval_metrics"] == {key: round(value, 3) for key, value in expected.items()}
+
+
+def _train_network(repo_root, **overrides):
+    parser = ConfigParser()
+    parser.read_config(str(repo_root / "configs" / "train.json"))
+    classes = {"0": "background", "1": "pancreas", "2": "pdac", "3": "pnet"}
+    parser.update({"bundle_root": str(repo_root), "device": torch.device("cpu"), "class_names": classes, **overrides})
+    return parser.get_parsed_content("network")
+
+
+def test_training_can_start_from_the_shipped_model(repo_root):
+    from bundle.networks.checkpoint import read_state_dict
+
+    shipped = read_state_dict(repo_root / "models" / "model.pt")
+    fresh = _train_network(repo_root).state_dict()
+    assert any(not torch.equal(fresh[k], v) for k, v in shipped.items()), "a new training starts from random weights"
+    started = _train_network(repo_root, init_ckpt_path=str(repo_root / "models" / "model.pt")).state_dict()
+    assert all(torch.equal(started[k], v) for k, v in shipped.items())

@@ -108,3 +108,20 @@ def test_best_model_saver_keeps_the_best_model_across_a_resume(tmp_path):
         net.weight.fill_(3.0)
     _validations(fresh, [0.1])
     assert torch.load(path, weights_only=True)["model"]["weight"].eq(3.0).all()
+
+
+def test_a_state_of_an_older_version_resumes_without_its_optional_entries(tmp_path, caplog):
+    engine, net, objects, data = make_run()
+    state = tmp_path / "training_state.pt"
+    TrainingStateSaver(state, objects).attach(engine)
+    engine.run(data, max_epochs=1)
+    engine, net, objects, data = make_run()
+    best = BestModelSaver(tmp_path / "model.pt", {"model": net})
+    with_best = {**objects, "best_model": best}
+    ResumeTraining(state, with_best).attach(engine)
+    with pytest.raises(ValueError, match="best_model"):
+        engine.run(data, max_epochs=2)
+    engine, net, objects, data = make_run()
+    ResumeTraining(state, with_best, optional=["best_model"]).attach(engine)
+    engine.run(data, max_epochs=2)
+    assert engine.state.epoch == 2 and best.best_metric is None and "older training state" in caplog.text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,8 @@ class ResumeTraining:
         load_path: the state file; ``None`` (or an empty string) starts from scratch.
         load_dict: the same objects as the saver's ``save_dict``.
         map_location: device for the loaded tensors.
+        optional: entries of ``load_dict`` that a state written by an older version may lack (they keep their
+            initial state, with a warning), e.g. ``["best_model"]``.
 
     Raises:
         FileNotFoundError: ``load_path`` is given but does not exist.
@@ -69,13 +71,18 @@ class ResumeTraining:
     """
 
     def __init__(
-        self, load_path: str | os.PathLike | None, load_dict: Mapping[str, Any], map_location: Any = "cpu"
+        self,
+        load_path: str | os.PathLike | None,
+        load_dict: Mapping[str, Any],
+        map_location: Any = "cpu",
+        optional: Sequence[str] = (),
     ) -> None:
         self.load_path = Path(load_path) if load_path else None
         if self.load_path is not None and not self.load_path.is_file():
             raise FileNotFoundError(f"training state to resume from not found: {self.load_path}")
         self.load_dict = dict(load_dict)
         self.map_location = map_location
+        self.optional = set(optional)
 
     def attach(self, engine: Engine) -> None:
         """Load the state at ``Events.STARTED``."""
@@ -87,10 +94,13 @@ class ResumeTraining:
             state = torch.load(self.load_path, map_location=self.map_location, weights_only=True)
         except Exception as err:
             raise ValueError(f"cannot read the training state {self.load_path}: {err}") from err
-        missing = sorted((set(self.load_dict) | {"trainer"}) - set(state))
+        missing = sorted((set(self.load_dict) | {"trainer"}) - set(state) - self.optional)
         if missing:
             raise ValueError(f"{self.load_path} is not a training state of this run: it lacks {missing}.")
         for name, obj in self.load_dict.items():
+            if name not in state:
+                logger.warning("%s has no %r (an older training state): it starts afresh.", self.load_path, name)
+                continue
             unwrap_model(obj).load_state_dict(state[name])
         max_epochs = engine.state.max_epochs
         engine.load_state_dict(state["trainer"])
