@@ -91,23 +91,23 @@ def test_best_model_saver_keeps_the_best_model_across_a_resume(tmp_path):
     with torch.no_grad():
         net.weight.fill_(2.0)
     _validations(saver, [0.3, float("nan")])  # worse, then not a number: the best model stays
-    assert torch.load(path, weights_only=True)["model"]["weight"].eq(1.0).all()
+    assert torch.load(path, weights_only=True)["weight"].eq(1.0).all()
     assert saver.state_dict()["best_metric"] == 0.5
     state = saver.state_dict()
 
     resumed = BestModelSaver(path, {"model": net})  # a new process after a resume
     resumed.load_state_dict(state)
     _validations(resumed, [0.4])
-    assert torch.load(path, weights_only=True)["model"]["weight"].eq(1.0).all(), "a worse model replaced the best"
+    assert torch.load(path, weights_only=True)["weight"].eq(1.0).all(), "a worse model replaced the best"
     _validations(resumed, [0.6])
-    assert torch.load(path, weights_only=True)["model"]["weight"].eq(2.0).all()
+    assert torch.load(path, weights_only=True)["weight"].eq(2.0).all()
     assert resumed.state_dict()["best_metric"] == 0.6 and not list(tmp_path.glob("*tmp*"))
 
     fresh = BestModelSaver(path, {"model": net})  # no state: the first validation always saves
     with torch.no_grad():
         net.weight.fill_(3.0)
     _validations(fresh, [0.1])
-    assert torch.load(path, weights_only=True)["model"]["weight"].eq(3.0).all()
+    assert torch.load(path, weights_only=True)["weight"].eq(3.0).all()
 
 
 def test_a_state_of_an_older_version_resumes_without_its_optional_entries(tmp_path, caplog):

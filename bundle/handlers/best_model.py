@@ -33,8 +33,9 @@ class BestModelSaver:
 
     Args:
         save_path: the model file, e.g. ``models/model.pt``.
-        save_dict: objects with ``state_dict()``, usually ``{"model": network}`` (the layout
-            :func:`~bundle.networks.load_weights` reads).
+        save_dict: objects with ``state_dict()``, usually ``{"model": network}``. One object is saved as its plain
+            state dict, as ignite's ``Checkpoint`` does: the layout of model-zoo checkpoints, which
+            ``monai.bundle ckpt_export`` and :func:`~bundle.networks.load_weights` read.
         metric_name: the metric to compare (default: the evaluator's key metric).
     """
 
@@ -64,7 +65,8 @@ class BestModelSaver:
         if self.best_metric is not None and value <= self.best_metric:
             return
         state = {key: unwrap_model(obj).state_dict() for key, obj in self.save_dict.items()}
-        atomic_write(self.save_path, lambda f: torch.save(state, f))
+        payload = next(iter(state.values())) if len(state) == 1 else state
+        atomic_write(self.save_path, lambda f: torch.save(payload, f))
         self.best_metric, self.best_epoch = value, int(engine.state.epoch)
         logger.info("saved %s: best %s %.4f at epoch %d.", self.save_path, name, value, self.best_epoch)
 
