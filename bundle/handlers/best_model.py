@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 class BestModelSaver:
-    """Write ``{name: obj.state_dict()}`` to ``save_path`` whenever the evaluator's key metric beats the best so far.
+    """Write the state of ``save_dict`` to ``save_path`` whenever the evaluator's key metric beats the best so far.
 
     Attached to the validation evaluator, it takes the place of MONAI's ``CheckpointSaver(save_key_metric=True)``
     with two differences that matter for long CPU trainings: the file is replaced in one step (written beside it,
