@@ -775,3 +775,22 @@ def test_the_bad_input_table_is_refused_by_name_by_the_server(tmp_path: Path, ti
             assert response.status_code == 422 and fragment in response.json()["detail"], (kind, response.text)
             assert not (studies / "labels" / "final" / "case_a.nii.gz").exists()
         assert client.post("/infer/maxquery", params={"image": "case_a", "output": "json"}).status_code == 200
+
+
+def test_the_configured_strategy_serves_ohifs_next_sample_requests(tmp_path: Path, tiny_model) -> None:
+    studies = make_studies(tmp_path / "studies", ["a", "b", "c", "d"])
+    with monailabel_client(studies, app_conf(tiny_model, activelearning_strategy="maxquery_ood")) as client:
+        assert client.get("/info/").json()["config"] == {"activelearning": {"strategy": "maxquery_ood"}}
+        _set_score(client, "c", 5.0)
+        # OHIF's panel always asks for `random`: such requests get the highest-scored image
+        assert [client.post("/activelearning/random", json={}).json()["id"] for _ in range(3)] == ["c"] * 3
+    with monailabel_client(studies, app_conf(tiny_model, activelearning_strategy="random")) as client:
+        # a request that names its strategy in its body keeps it
+        response = client.post("/activelearning/random", json={"strategy": "maxquery_ood"})
+        assert response.json()["id"] == "c"
+    if str(APP_DIR) not in sys.path:
+        sys.path.insert(0, str(APP_DIR))
+    from lib.app_settings import AppSettings
+
+    with pytest.raises(ValueError, match="activelearning_strategy"):
+        AppSettings.from_conf({"activelearning_strategy": "newest"}, REPO_ROOT)

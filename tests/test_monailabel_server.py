@@ -41,20 +41,25 @@ def free_port() -> int:
 
 
 def start_server_command(
-    studies: Path, model_path: Path, port: int, conf: Mapping[str, str] | None = None
+    studies: Path | str,
+    model_path: Path,
+    port: int,
+    conf: Mapping[str, str] | None = None,
+    bundle_overrides: Mapping[str, object] | None = TINY_BUNDLE_OVERRIDES,
 ) -> list[str]:
     """``monailabel start_server ...`` (the installed command, else the same module through this Python).
 
     Args:
-        studies: the studies folder.
+        studies: the studies folder, or a DICOMweb URL.
         model_path: the model file.
         port: the port on 127.0.0.1.
         conf: further ``--conf`` options of the app.
+        bundle_overrides: bundle config overrides (the tiny test network by default; ``None`` for the shipped one).
     """
     executable = shutil.which("monailabel")
     command = [executable] if executable else [sys.executable, "-m", "monailabel.main"]
     # The monailabel shell wrapper splits arguments on spaces, so the JSON option has none.
-    overrides = json.dumps(TINY_BUNDLE_OVERRIDES, separators=(",", ":"))
+    overrides = ["--conf", "bundle_overrides", json.dumps(bundle_overrides, separators=(",", ":"))]
     extra = [item for key, value in (conf or {}).items() for item in ("--conf", key, value)]
     return [
         *command,
@@ -73,9 +78,7 @@ def start_server_command(
         "--conf",
         "model_path",
         str(model_path),
-        "--conf",
-        "bundle_overrides",
-        overrides,
+        *(overrides if bundle_overrides else []),
         *extra,
     ]
 
@@ -94,11 +97,12 @@ def wait_for(condition: Callable[[], object], timeout_s: float, what: str, poll_
 @contextmanager
 def running_server(
     workdir: Path,
-    studies: Path,
+    studies: Path | str,
     model_path: Path,
     conf: Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
     ready_path: str = "/info/",
+    bundle_overrides: Mapping[str, object] | None = TINY_BUNDLE_OVERRIDES,
 ) -> Iterator[tuple[httpx.Client, subprocess.Popen]]:
     """A ``monailabel start_server`` process on a free port of 127.0.0.1, started in ``workdir``; stopped after.
 
@@ -109,6 +113,7 @@ def running_server(
         conf: further ``--conf`` options of the app.
         env: further environment variables (MONAI Label settings).
         ready_path: the path that answers 200 once the server is up.
+        bundle_overrides: bundle config overrides (the tiny test network by default; ``None`` for the shipped one).
 
     Yields:
         the HTTP client and the process.
@@ -127,7 +132,7 @@ def running_server(
     log_path = workdir / "server.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            start_server_command(studies, model_path, port, conf),
+            start_server_command(studies, model_path, port, conf, bundle_overrides),
             cwd=workdir,
             env=environment,
             stdout=log,

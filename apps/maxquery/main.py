@@ -4,6 +4,10 @@ Start it with ``monailabel start_server --app apps/maxquery --studies DIR [--con
 the bundle (``configs/inference.json``, ``configs/train.json``, ``metadata.json``) is read from the repository
 root, two levels above this file, and the model from ``models/model.pt`` unless ``--conf model_path`` says
 otherwise. See ``lib/app_settings.py`` for the options.
+
+``--studies http://HOST:PORT/dicom-web`` serves a DICOMweb PACS (e.g. Orthanc) instead of a folder: final labels are
+checked like uploads to a folder and stored there as DICOM SEG with their label values (``lib/dicomweb_datastore.py``);
+dcmqi comes from its installed wheel, never downloaded.
 """
 
 from __future__ import annotations
@@ -20,9 +24,13 @@ BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 if str(BUNDLE_ROOT) not in sys.path:
     sys.path.insert(0, str(BUNDLE_ROOT))
 
+from dicomweb_client import DICOMwebClient  # noqa: E402
+from dicomweb_client.ext.gcp.session_utils import create_session_from_gcp_credentials  # noqa: E402
+from dicomweb_client.session_utils import create_session_from_user_pass  # noqa: E402
 from lib.app_settings import PREDICTION_TAG, AppSettings  # noqa: E402
 from lib.bundle_config import BundleConfig  # noqa: E402
 from lib.datastore import ValidatingLocalDatastore  # noqa: E402
+from lib.dicomweb_datastore import ValidatingDICOMWebDatastore, expose_dcmqi_tools  # noqa: E402
 from lib.errors import ForbiddenError, InvalidInputError, NotFoundError, http_errors  # noqa: E402
 from lib.infers import MaxQueryAnomalyMap, MaxQuerySegmentation  # noqa: E402
 from lib.model_store import ModelStore  # noqa: E402
@@ -48,6 +56,7 @@ from lib.strategies import MaxQueryOODStrategy  # noqa: E402
 from lib.strategies.maxquery_ood import STRATEGY_OPTIONS  # noqa: E402
 from lib.trainers import MaxQueryTrainer, remove_stale_staging  # noqa: E402
 from monailabel.config import settings  # noqa: E402
+from monailabel.datastore.dicom import DICOMwebClientX  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.interfaces.datastore import Datastore  # noqa: E402
 from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
@@ -172,22 +181,68 @@ class MaxQueryApp(MONAILabelApp):
                 "types the model was not trained on (out-of-distribution)."
             ),
             version=self.bundle.version,
-            labels=self.segmentation.labels,
+            # OHIF's MONAI Label panel appends the models' labels to this list (a dict breaks it: "all_labels.push is
+            # not a function"); each model's own `labels` stays a name -> value dict for mapping segment values
+            labels=[name for name, _ in sorted(self.segmentation.labels.items(), key=lambda item: item[1])],
         )
         server = sys.modules.get("monailabel.app")
         if server is not None and hasattr(server, "app"):
             install_request_checks(server.app, self.options.infer_concurrency)
 
     def init_datastore(self) -> Datastore:
-        """A validating local datastore for a studies folder; MONAI Label's own datastores for remote URLs."""
+        """A validating local datastore for a studies folder; a validating DICOMweb datastore for an http(s) URL."""
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
+            self.studies = self.studies.rstrip("/").strip()
+            return self.init_remote_datastore()
         return ValidatingLocalDatastore(
             self.studies,
             label_values=[*self.bundle.class_names, self.options.ood_label_value],
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
+
+    def init_remote_datastore(self) -> Datastore:
+        """A :class:`~lib.dicomweb_datastore.ValidatingDICOMWebDatastore`, built as MONAI Label builds its DICOMweb
+        datastore (client, prefixes, credentials, cache path, fetch by frame, search filter), without downloading
+        anything; XNAT and DSA stay MONAI Label's."""
+        if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
+            return super().init_remote_datastore()
+        logger.info("Using DICOMweb: %s", self.studies)
+        if "googleapis.com" in self.studies:
+            client = DICOMwebClient(url=self.studies, session=create_session_from_gcp_credentials())
+        else:
+            session = None
+            if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
+                session = create_session_from_user_pass(
+                    settings.MONAI_LABEL_DICOMWEB_USERNAME, settings.MONAI_LABEL_DICOMWEB_PASSWORD
+                )
+            client = DICOMwebClientX(
+                url=self.studies,
+                session=session,
+                qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+                wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+                stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX,
+            )
+        self._download_dcmqi_tools()
+        cache_path = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip()
+        return ValidatingDICOMWebDatastore(
+            client=client,
+            search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
+            label_names=self.segmentation.labels,
+            cache_path=cache_path or None,
+            fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
+            convert_to_nifti=settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI,
+            software_version=self.bundle.version,
+        )
+
+    def _download_dcmqi_tools(self) -> None:
+        """Never download: use the dcmqi wheel's binaries (:func:`~lib.dicomweb_datastore.expose_dcmqi_tools`).
+
+        Raises:
+            RuntimeError: dcmqi is not installed; the message names ``pip install dcmqi``.
+        """
+        folder = expose_dcmqi_tools()
+        logger.info("dcmqi tools from the installed wheel: %s", folder)
 
     def init_infers(self) -> dict[str, InferTask]:
         return {"maxquery": self.segmentation, "maxquery_ood_map": self.anomaly_map}
@@ -221,6 +276,9 @@ class MaxQueryApp(MONAILabelApp):
             "save_predictions": self.options.save_predictions,
             "prediction_tag": PREDICTION_TAG,
         }
+        if self.options.activelearning_strategy:
+            # MONAI Label merges this into every active-learning request, over the strategy of its URL
+            info["config"] = {"activelearning": {"strategy": self.options.activelearning_strategy}}
         for stats in info.get("train_stats", {}).values():
             for key in ("model_path", "started_from"):
                 if isinstance(stats.get(key), str):

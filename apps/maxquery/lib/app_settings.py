@@ -13,16 +13,18 @@ import torch
 
 from .errors import InvalidInputError
 from .model_store import DEFAULT_KEEP_BACKUPS
-from .options import parse_bool, parse_device, parse_float, parse_int
+from .options import parse_bool, parse_choice, parse_device, parse_float, parse_int
 from .server_guard import DEFAULT_INFER_CONCURRENCY
 
-__all__ = ["MAX_EPOCHS_LIMIT", "AppSettings", "DEFAULT_OOD_LABEL_VALUE", "PREDICTION_TAG"]
+__all__ = ["MAX_EPOCHS_LIMIT", "AppSettings", "DEFAULT_OOD_LABEL_VALUE", "PREDICTION_TAG", "STRATEGY_NAMES"]
 
 DEFAULT_OOD_LABEL_VALUE = 9
 #: the most epochs one training request may ask for
 MAX_EPOCHS_LIMIT = 1000
 #: the label tag under which kept predictions are saved (never ``final``)
 PREDICTION_TAG = "maxquery_prediction"
+#: the app's active-learning strategies
+STRATEGY_NAMES = ("maxquery_ood", "random")
 
 
 def _conf(conf: Mapping[str, Any], key: str, parse: Any, default: Any) -> Any:
@@ -67,6 +69,10 @@ class AppSettings:
             ``maxquery_prediction``, never ``final``); off by default.
         keep_backups: how many backups of replaced models (and their calibrations) are kept.
         infer_concurrency: how many inference requests run at once; more get HTTP 503 with a retry hint.
+        activelearning_strategy: the strategy of every Next Sample request that does not name one in its body,
+            whatever strategy its URL names (MONAI Label's app-level active-learning config). OHIF's MONAI Label
+            panel always asks for ``random`` (its strategy list changes nothing), so this is how OHIF users get
+            ``maxquery_ood``; ``None`` (default) keeps the strategy each request names.
     """
 
     device: str
@@ -81,6 +87,7 @@ class AppSettings:
     save_predictions: bool = False
     keep_backups: int = DEFAULT_KEEP_BACKUPS
     infer_concurrency: int = DEFAULT_INFER_CONCURRENCY
+    activelearning_strategy: str | None = None
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any], bundle_root: Path) -> AppSettings:
@@ -113,4 +120,5 @@ class AppSettings:
             save_predictions=_conf(conf, "save_predictions", parse_bool, False),
             keep_backups=_conf(conf, "keep_backups", parse_int(1, 100), DEFAULT_KEEP_BACKUPS),
             infer_concurrency=_conf(conf, "infer_concurrency", parse_int(1, 16), DEFAULT_INFER_CONCURRENCY),
+            activelearning_strategy=_conf(conf, "activelearning_strategy", parse_choice(STRATEGY_NAMES), None),
         )

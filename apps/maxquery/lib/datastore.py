@@ -10,10 +10,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
-from monailabel.datastore.utils.convert import binary_to_image
 from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
 from monailabel.utils.others.generic import remove_file
 
@@ -21,9 +19,9 @@ from bundle.data.files import atomic_write, atomic_write_text
 
 from .errors import InvalidInputError, http_errors
 from .options import shown
-from .volume_checks import LABEL_EXTENSIONS, VOLUME_EXTENSIONS, check_image, check_label, load_volume, volume_extension
+from .volume_checks import VOLUME_EXTENSIONS, check_image, check_label, label_volume_file, volume_extension
 
-__all__ = ["ValidatingLocalDatastore", "atomic_copy"]
+__all__ = ["AtomicIndexMixin", "ValidatingLocalDatastore", "atomic_copy", "check_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +39,71 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
-class ValidatingLocalDatastore(LocalDatastore):
+class AtomicIndexMixin:
+    """Index (``datastore_v2.json``) handling for a :class:`~monailabel.datastore.local.LocalDatastore` subclass:
+    written atomically, and re-read under the file lock before an update (here: image and label info updates) so
+    that updates made by another process (background scoring, training) are not overwritten. Put it before the
+    datastore class in the bases.
+    """
+
+    _datastore: LocalDatastoreModel
+    _datastore_path: str
+    _datastore_config_path: str
+    _lock_file: str
+    _config_ts: float
+
+    def _reload_locked(self) -> None:
+        """Re-read the index if another process changed it; the caller holds the file lock."""
+        path = self._datastore_config_path
+        if not os.path.exists(path):
+            return
+        mtime = os.stat(path).st_mtime
+        if mtime != self._config_ts:
+            with open(path) as handle:
+                self._datastore = LocalDatastoreModel.model_validate_json(handle.read())
+            self._datastore.base_path = self._datastore_path
+            self._config_ts = mtime
+
+    def _update_datastore_file(self, lock: bool = True) -> None:
+        """Write the index all or nothing (``lock=False``: the caller holds the file lock)."""
+
+        def write() -> None:
+            text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+            atomic_write_text(self._datastore_config_path, text)
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+        if lock:
+            with FileLock(self._lock_file):
+                write()
+        else:
+            write()
+
+    def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
+        """Merge ``info`` into an image's info (HTTP 404 for an unknown image, 422 for info that is no object)."""
+        with http_errors("updating image info"), FileLock(self._lock_file):
+            if not isinstance(info, dict):
+                raise InvalidInputError(f"image info must be a JSON object, got {type(info).__name__}.")
+            self._reload_locked()
+            entry = self._datastore.objects.get(image_id)
+            if entry is None:
+                raise ImageNotFoundException(f"image '{image_id}' not found in the datastore.")
+            entry.image.info.update(info)
+            self._update_datastore_file(lock=False)
+
+    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
+        """Merge ``info`` into a label's info (HTTP 404 for an unknown label, 422 for info that is no object)."""
+        with http_errors("updating label info"), FileLock(self._lock_file):
+            if not isinstance(info, dict):
+                raise InvalidInputError(f"label info must be a JSON object, got {type(info).__name__}.")
+            self._reload_locked()
+            label = self._datastore.label(label_id, label_tag)
+            if label is None:
+                raise LabelNotFoundException(f"label '{label_id}' with tag '{label_tag}' not found in the datastore.")
+            label.info.update(info)
+            self._update_datastore_file(lock=False)
+
+
+class ValidatingLocalDatastore(AtomicIndexMixin, LocalDatastore):
     """MONAI Label's local datastore with checks before every write and atomic writes.
 
     Differences from :class:`~monailabel.datastore.local.LocalDatastore`:
@@ -76,33 +138,9 @@ class ValidatingLocalDatastore(LocalDatastore):
 
     # -- index consistency --------------------------------------------------------------------------------------
 
-    def _reload_locked(self) -> None:
-        """Re-read the index if another process changed it; the caller holds the file lock."""
-        path = self._datastore_config_path
-        if not os.path.exists(path):
-            return
-        mtime = os.stat(path).st_mtime
-        if mtime != self._config_ts:
-            with open(path) as handle:
-                self._datastore = LocalDatastoreModel.model_validate_json(handle.read())
-            self._datastore.base_path = self._datastore_path
-            self._config_ts = mtime
-
     def _sync(self) -> None:
         """Pick up index changes made by other processes (cheap when there are none)."""
         self._init_from_datastore_file()
-
-    def _update_datastore_file(self, lock: bool = True) -> None:
-        def write() -> None:
-            text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
-            atomic_write_text(self._datastore_config_path, text)
-            self._config_ts = os.stat(self._datastore_config_path).st_mtime
-
-        if lock:
-            with FileLock(self._lock_file):
-                write()
-        else:
-            write()
 
     # -- reads ----------------------------------------------------------------------------------------------------
 
@@ -194,18 +232,10 @@ class ValidatingLocalDatastore(LocalDatastore):
             if image_id not in self._datastore.objects:
                 raise ImageNotFoundException(f"image '{image_id}' not found in the datastore; upload it first.")
             what = f"label for image '{image_id}'"
-            extension = volume_extension(label_filename, LABEL_EXTENSIONS, what)
             image_uri = self.get_image_uri(image_id)
-            converted = None
-            if extension == ".bin":
-                converted = label_filename = self._binary_label_to_volume(label_filename, image_uri, what)
-                extension = ".nii.gz"
-            try:
-                values = check_label(label_filename, image_uri, self.label_values, what)
-                self._store_label(image_id, label_filename, label_tag, extension, label_info, values)
-            finally:
-                if converted:
-                    remove_file(converted)
+            with label_volume_file(label_filename, image_uri, what) as (volume_file, extension):
+                values = check_label(volume_file, image_uri, self.label_values, what)
+                self._store_label(image_id, volume_file, label_tag, extension, label_info, values)
             return image_id
 
     def _store_label(
@@ -235,17 +265,6 @@ class ValidatingLocalDatastore(LocalDatastore):
             self._update_datastore_file(lock=False)
         logger.info("saved label %s/%s (values %s)", label_tag, name, values)
 
-    @staticmethod
-    def _binary_label_to_volume(label_filename: str, image_uri: str, what: str) -> str:
-        image = load_volume(image_uri, f"{what}: its image")
-        expected, size = int(np.prod(image.shape[1:])), os.path.getsize(label_filename)
-        if size != expected:
-            raise InvalidInputError(
-                f"{what}: a .bin label must hold one uint8 per image voxel ({expected} bytes for spatial shape "
-                f"{tuple(image.shape[1:])}); got {size} bytes."
-            )
-        return binary_to_image(image_uri, label_filename)
-
     def remove_label(self, label_id: str, label_tag: str) -> None:
         """Remove a stored label; an unknown image id or tag is HTTP 404, and nothing is removed."""
         with http_errors("removing a label"):
@@ -260,25 +279,3 @@ class ValidatingLocalDatastore(LocalDatastore):
         with http_errors("removing an image"):
             self._sync()
             super().remove_image(image_id)
-
-    def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
-        with http_errors("updating image info"), FileLock(self._lock_file):
-            if not isinstance(info, dict):
-                raise InvalidInputError(f"image info must be a JSON object, got {type(info).__name__}.")
-            self._reload_locked()
-            entry = self._datastore.objects.get(image_id)
-            if entry is None:
-                raise ImageNotFoundException(f"image '{image_id}' not found in the datastore.")
-            entry.image.info.update(info)
-            self._update_datastore_file(lock=False)
-
-    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
-        with http_errors("updating label info"), FileLock(self._lock_file):
-            if not isinstance(info, dict):
-                raise InvalidInputError(f"label info must be a JSON object, got {type(info).__name__}.")
-            self._reload_locked()
-            label = self._datastore.label(label_id, label_tag)
-            if label is None:
-                raise LabelNotFoundException(f"label '{label_id}' with tag '{label_tag}' not found in the datastore.")
-            label.info.update(info)
-            self._update_datastore_file(lock=False)

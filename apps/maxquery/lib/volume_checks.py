@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import EnsureChannelFirstd, LoadImaged
+from monailabel.datastore.utils.convert import binary_to_image
+from monailabel.utils.others.generic import remove_file
 
 from bundle.transforms.validation import geometry_problem, label_geometry_problem
 
 from .errors import InvalidInputError, short_error
 
-__all__ = ["LABEL_EXTENSIONS", "VOLUME_EXTENSIONS", "check_image", "check_label", "load_volume", "volume_extension"]
+__all__ = [
+    "LABEL_EXTENSIONS",
+    "VOLUME_EXTENSIONS",
+    "CheckedLabel",
+    "binary_label_to_volume",
+    "check_image",
+    "check_label",
+    "label_volume_file",
+    "load_checked_label",
+    "load_volume",
+    "volume_extension",
+]
 
 VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")
 LABEL_EXTENSIONS = (*VOLUME_EXTENSIONS, ".bin")
@@ -71,8 +87,30 @@ def check_image(path: str, what: str) -> MetaTensor:
     return load_volume(path, what)
 
 
-def check_label(label_path: str, image_path: str, allowed_values: Iterable[int], what: str) -> list[int]:
-    """Check that a label map fits its image and holds only allowed values; return the values present.
+@dataclass(frozen=True)
+class CheckedLabel:
+    """A label map that passed :func:`load_checked_label`, with its image.
+
+    Attributes:
+        label: the label, channel-first, on the image's voxel grid (same spatial shape and affine, within the
+            tolerance of :func:`~bundle.transforms.validation.label_geometry_problem`).
+        image: the image, channel-first.
+        values: the label values present, ascending.
+    """
+
+    label: MetaTensor
+    image: MetaTensor
+    values: list[int]
+
+
+def load_checked_label(label_path: str, image_path: str, allowed_values: Iterable[int], what: str) -> CheckedLabel:
+    """Load a label map and its image and check that the label fits the image and holds only allowed values.
+
+    Args:
+        label_path: the label file (NIfTI, NRRD).
+        image_path: its image's file.
+        allowed_values: label values the label may hold.
+        what: how to name the label in error messages (e.g. ``"label for image 'case_01'"``).
 
     Raises:
         InvalidInputError: unreadable label, not 3D, spatial shape or geometry (affine) unlike the image's,
@@ -96,4 +134,58 @@ def check_label(label_path: str, image_path: str, allowed_values: Iterable[int],
     unexpected = sorted(set(values) - set(allowed))
     if unexpected:
         raise InvalidInputError(f"{what} holds label values {unexpected} outside the allowed values {allowed}.")
-    return values
+    return CheckedLabel(label, image, values)
+
+
+def check_label(label_path: str, image_path: str, allowed_values: Iterable[int], what: str) -> list[int]:
+    """Check that a label map fits its image and holds only allowed values; return the values present.
+
+    Raises:
+        InvalidInputError: see :func:`load_checked_label`.
+    """
+    return load_checked_label(label_path, image_path, allowed_values, what).values
+
+
+def binary_label_to_volume(label_filename: str, image_uri: str, what: str) -> str:
+    """Convert a raw ``.bin`` label (one uint8 per voxel of the image, as OHIF sends) into a NIfTI file on the
+    image's grid, with MONAI Label's :func:`~monailabel.datastore.utils.convert.binary_to_image`.
+
+    Args:
+        label_filename: the ``.bin`` file.
+        image_uri: its image's file.
+        what: how to name the label in error messages.
+
+    Returns:
+        The path of a temporary NIfTI file; the caller removes it.
+
+    Raises:
+        InvalidInputError: the file size is not one byte per image voxel (it would otherwise be reshaped wrongly
+            or fail deep inside the conversion).
+    """
+    image = load_volume(image_uri, f"{what}: its image")
+    expected, size = int(np.prod(image.shape[1:])), os.path.getsize(label_filename)
+    if size != expected:
+        raise InvalidInputError(
+            f"{what}: a .bin label must hold one uint8 per image voxel ({expected} bytes for spatial shape "
+            f"{tuple(image.shape[1:])}); got {size} bytes."
+        )
+    return binary_to_image(image_uri, label_filename)
+
+
+@contextmanager
+def label_volume_file(label_filename: str, image_uri: str, what: str) -> Iterator[tuple[str, str]]:
+    """The uploaded label as a volume file and its extension, a raw ``.bin`` converted on the image's grid
+    (:func:`binary_label_to_volume`) and removed afterwards.
+
+    Raises:
+        InvalidInputError: an extension that is not a label's, or a ``.bin`` of the wrong size.
+    """
+    extension = volume_extension(label_filename, LABEL_EXTENSIONS, what)
+    if extension != ".bin":
+        yield label_filename, extension
+        return
+    converted = binary_label_to_volume(label_filename, image_uri, what)
+    try:
+        yield converted, ".nii.gz"
+    finally:
+        remove_file(converted)
