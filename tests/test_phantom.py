@@ -11,10 +11,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bundle.data import phantom
 from bundle.data.difficulty import intensity_detector_auroc
-from bundle.data.lesion_spec import load_spec
-from bundle.data.phantom import SPLITS, generate_dataset, plan_cases, render_case
+from bundle.data.phantom import SPLITS, generate_dataset, load_spec
+from bundle.data.phantom import generate as phantom
+from bundle.data.phantom.generate import plan_cases, render_case
 
 TINY = (40, 32, 14)
 COUNTS = {"num_train": 4, "num_val": 1, "num_test": 2, "num_ood": 4}

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle.data.lesion_spec import SpecError, default_spec_path, load_spec, spec_from_dict
-from bundle.data.phantom import generate_dataset
+from bundle.data.phantom import SpecError, default_spec_path, generate_dataset, load_spec, spec_from_dict
 
 
 def _base() -> dict:

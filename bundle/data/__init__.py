@@ -1,4 +1,7 @@
-"""Data: the phantom CT benchmark, MSD-layout dataset reading and the file look-ups used by the configs."""
+"""Data: MSD-layout dataset reading, the default dataset and the file look-ups used by the configs.
+
+The phantom CT generator that writes the default dataset is the subpackage :mod:`bundle.data.phantom`.
+"""
 
 from .datalist import CASE_LISTS, DatasetError, inlier_labels, load_datalist, load_dataset_json, ood_label_values
 from .default_dataset import ensure_dataset

@@ -1,4 +1,4 @@
-"""Placement and rendering of lesions described by :class:`~bundle.data.lesion_spec.LesionType` entries.
+"""Placement and rendering of lesions described by :class:`~bundle.data.phantom.lesion_spec.LesionType` entries.
 
 A lesion is a randomly rotated ellipsoid inside the organ of interest whose outline is perturbed by smooth
 random lobulation (``shape_irregularity``), whose HU is the organ's mean plus ``hu_offset`` with a correlated
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from bundle.data.canvas import Canvas, rotation
-from bundle.data.lesion_spec import LesionType
-from bundle.data.random_fields import correlated_noise
+from bundle.data.phantom.canvas import Canvas, rotation
+from bundle.data.phantom.lesion_spec import LesionType
+from bundle.data.phantom.random_fields import correlated_noise
 
 __all__ = ["Lesion", "paint_lesions"]
 

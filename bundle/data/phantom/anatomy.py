@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bundle.data.canvas import Canvas, Frame, ellipsoid_sdf, rotation, smooth_max, smooth_min
+from bundle.data.phantom.canvas import Canvas, Frame, ellipsoid_sdf, rotation, smooth_max, smooth_min
 
 __all__ = ["ORGAN_Z_RANGE", "PHASES", "Body", "Patient", "draw_anatomy", "sample_patient"]
 

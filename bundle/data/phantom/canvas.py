@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bundle.data.random_fields import correlated_noise, smooth_curve
+from bundle.data.phantom.random_fields import correlated_noise, smooth_curve
 
 __all__ = ["Canvas", "Frame", "Grid", "ellipsoid_sdf", "rotation", "smooth_max", "smooth_min"]
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from bundle.data.anatomy import ORGAN_Z_RANGE, Patient
-from bundle.data.canvas import Grid
-from bundle.data.random_fields import correlated_noise
+from bundle.data.phantom.anatomy import ORGAN_Z_RANGE, Patient
+from bundle.data.phantom.canvas import Grid
+from bundle.data.phantom.random_fields import correlated_noise
 
 __all__ = ["Acquisition", "acquire", "sample_acquisition"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bundle.data.lesion_spec import PhantomSpec
+from bundle.data.phantom.lesion_spec import PhantomSpec
 
 __all__ = ["write_preview"]
 

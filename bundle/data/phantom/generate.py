@@ -1,4 +1,4 @@
-"""Phantom CT benchmark generator (Medical Segmentation Decathlon layout).
+"""Phantom CT benchmark generator: case planning, rendering and the Medical Segmentation Decathlon layout writer.
 
 Command line::
 
@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bundle.data.anatomy import draw_anatomy, sample_patient
-from bundle.data.canvas import Canvas
-from bundle.data.lesion_spec import ORGANS, PhantomSpec, SpecError, load_spec, spec_from_dict
-from bundle.data.lesions import paint_lesions
-from bundle.data.nifti_io import write_nifti
-from bundle.data.scanner import acquire, sample_acquisition
+from bundle.data.phantom.anatomy import draw_anatomy, sample_patient
+from bundle.data.phantom.canvas import Canvas
+from bundle.data.phantom.lesion_spec import ORGANS, PhantomSpec, SpecError, load_spec, spec_from_dict
+from bundle.data.phantom.lesions import paint_lesions
+from bundle.data.phantom.nifti_io import write_nifti
+from bundle.data.phantom.scanner import acquire, sample_acquisition
 
 __all__ = ["SPLITS", "CasePlan", "RenderedCase", "generate_dataset", "main", "plan_cases", "render_case"]
 
@@ -335,7 +335,7 @@ def generate_dataset(
             metas = [_write_case(j) for j in jobs]
         _write_json(tmp, resolved, metas, int(seed), shape)
         if preview:
-            from bundle.data.preview import write_preview
+            from bundle.data.phantom.preview import write_preview
 
             write_preview(tmp, metas, resolved, tmp / "preview.png")
         _swap_in(tmp, out)
@@ -435,7 +435,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     n = args.num_train + args.num_val + args.num_test + args.num_ood
     print(f"wrote {n} cases to {out} in {time.perf_counter() - start:.1f} s")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
