@@ -29,7 +29,7 @@ SUSPECTED_OOD = json.loads((REPO / "configs" / "inference.json").read_text())["s
 TINY = {
     "patch_size": "[32,32,16]",
     "pixdim": "[5.0,5.0,10.0]",
-    "network_def#filters": "[8,16,16,16]",
+    "backbone#filters": "[8,16,16,16]",
     "network_def#embed_dim": "16",
     "network_def#num_layers": "2",
     "network_def#num_heads": "2",

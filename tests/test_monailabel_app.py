@@ -30,7 +30,7 @@ APP_DIR = REPO_ROOT / "apps" / "maxquery"
 # A small network and patch so that CPU inference takes well under a second on the test volumes.
 TINY_BUNDLE_OVERRIDES = {
     "patch_size": [32, 32, 16],
-    "network_def#filters": [8, 8, 16, 16],
+    "backbone#filters": [8, 8, 16, 16],
     "network_def#embed_dim": 16,
     "network_def#num_layers": 2,
     "network_def#num_heads": 2,

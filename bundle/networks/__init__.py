@@ -1,8 +1,9 @@
-"""Networks: DynUNet backbone, query transformer decoder, mask-classification heads and the mask transformer."""
+"""Networks: DynUNet backbone (and the contract of a swappable one), query transformer decoder, mask-classification
+heads and the mask transformer."""
 
 from __future__ import annotations
 
-from .backbone import DynUNetBackbone
+from .backbone import DynUNetBackbone, FeatureBackbone, check_backbone
 from .checkpoint import load_weights
 from .heads import MLP, MaskClassificationHead, to_channel_first
 from .mask_transformer import MaskTransformer, split_prediction
@@ -12,12 +13,14 @@ from .transformer_decoder import MultiHeadAttention, QueryDecoderLayer, QueryTra
 __all__ = [
     "MLP",
     "DynUNetBackbone",
+    "FeatureBackbone",
     "MaskClassificationHead",
     "MaskTransformer",
     "MultiHeadAttention",
     "QueryDecoderLayer",
     "QueryTransformerDecoder",
     "SinePositionalEncoding",
+    "check_backbone",
     "load_weights",
     "split_prediction",
     "to_channel_first",

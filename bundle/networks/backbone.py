@@ -3,12 +3,84 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 from monai.networks.nets import DynUNet
 from torch import nn
 
-__all__ = ["DynUNetBackbone"]
+__all__ = ["DynUNetBackbone", "FeatureBackbone", "check_backbone"]
+
+
+@runtime_checkable
+class FeatureBackbone(Protocol):
+    """What :class:`~bundle.networks.MaskTransformer` needs from a backbone (``DynUNetBackbone`` is one).
+
+    Any ``nn.Module`` with these members can be passed as ``MaskTransformer(backbone=...)`` or nested in a config
+    with ``_target_``; :func:`check_backbone` verifies them when the mask transformer is built.
+
+    Attributes:
+        feature_channels: channels of each feature map returned by ``forward``, coarsest first. The transformer
+            decoder attends to the first ``num_feature_levels`` of them, so there must be at least that many.
+        embed_dim: channels ``D`` of the per-voxel embedding; must equal the mask transformer's ``embed_dim``
+            (the embedding is compared with the ``D``-wide cluster centres).
+
+    ``forward(x)`` takes ``(B, in_channels, *spatial)`` and returns ``(features, embedding)``:
+
+    - ``features``: a sequence of ``(B, feature_channels[i], *spatial_i)`` tensors, coarsest first;
+    - ``embedding``: ``(B, embed_dim, *spatial)`` at the resolution of ``x``, because the segmentation and the
+      anomaly map are produced at the embedding's resolution and must line up with the input patch. Channels-last
+      strides (as :class:`DynUNetBackbone` returns) make the mask head's voxel-by-query products copy-free; other
+      layouts work, with a copy.
+    """
+
+    feature_channels: Sequence[int]
+    embed_dim: int
+
+    def __call__(self, x: torch.Tensor) -> tuple[Sequence[torch.Tensor], torch.Tensor]:
+        """Run the backbone; see the class docstring."""
+        ...
+
+
+def check_backbone(backbone: object, embed_dim: int, num_feature_levels: int) -> list[int]:
+    """Check ``backbone`` against the :class:`FeatureBackbone` contract.
+
+    Args:
+        backbone: the module to check.
+        embed_dim: the embedding width the mask head expects.
+        num_feature_levels: how many feature levels the decoder attends to.
+
+    Returns:
+        ``backbone.feature_channels`` as a list.
+
+    Raises:
+        ValueError: the backbone is not an ``nn.Module``, lacks ``feature_channels`` or ``embed_dim``, or their
+            values do not fit (the message names the member and both values).
+    """
+    name = type(backbone).__name__
+    if not isinstance(backbone, nn.Module):
+        raise ValueError(f"the backbone must be an nn.Module (see FeatureBackbone), got a {name}.")
+    missing = [attr for attr in ("feature_channels", "embed_dim") if not hasattr(backbone, attr)]
+    if missing:
+        raise ValueError(f"the backbone {name} lacks {', '.join(missing)} (required by the FeatureBackbone contract).")
+    channels = backbone.feature_channels
+    if (
+        isinstance(channels, str | bytes)
+        or not isinstance(channels, Sequence)
+        or not all(isinstance(c, int) and c > 0 for c in channels)
+    ):
+        raise ValueError(f"{name}.feature_channels must be a sequence of positive ints, got {channels!r}.")
+    if backbone.embed_dim != embed_dim:
+        raise ValueError(
+            f"{name}.embed_dim={backbone.embed_dim} differs from the mask head's embed_dim={embed_dim} (the voxel "
+            "embedding is compared with the cluster centres, so both must have the same width)."
+        )
+    if len(channels) < num_feature_levels:
+        raise ValueError(
+            f"{name} returns {len(channels)} feature levels ({list(channels)}) but num_feature_levels="
+            f"{num_feature_levels}."
+        )
+    return list(channels)
 
 
 class DynUNetBackbone(DynUNet):

@@ -109,6 +109,7 @@ class MaskClassificationHead(nn.Module):
         self.query_classes = query_classes
         self.mask_mlp = MLP(embed_dim, embed_dim, embed_dim, mask_mlp_layers)
         self.normalize_embeddings = normalize_embeddings
+        self.embed_dim = embed_dim
         self.num_classes = num_classes
         init = temperature if temperature is not None else (0.1 if normalize_embeddings else 1.0)
         log_scale = torch.tensor(-math.log(init), dtype=torch.float32)

@@ -2,16 +2,61 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from .backbone import DynUNetBackbone
+from .backbone import DynUNetBackbone, check_backbone
 from .heads import MaskClassificationHead, to_channel_first
 from .transformer_decoder import QueryTransformerDecoder
 
 __all__ = ["MaskTransformer", "split_prediction"]
+
+# The flat arguments that only serve to build each part; with a ready part they must agree with it or be left at
+# their defaults, so that a stale override (e.g. ``network_def#filters`` next to a nested backbone) fails loudly
+# instead of being ignored.
+_BACKBONE_ARGS = ("in_channels", "kernel_size", "strides", "filters", "upsample_kernel_size", "norm_name", "act_name")
+_BACKBONE_ARGS += ("res_block",)
+_DECODER_ARGS = ("num_layers", "num_heads", "ffn_dim", "dropout", "pre_norm", "num_feature_levels")
+_HEAD_ARGS = ("normalize_embeddings", "temperature")
+# the attribute of a ready part that holds the value of a flat argument, where the names differ
+_ATTRIBUTES = {"num_feature_levels": "num_scales"}
+_HEAD_METHODS = ("embed_pixels", "assign", "anomaly", "similarity", "evidence_logits")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples turned into lists (recursively), so that config lists compare equal to tuple defaults."""
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _check_unused(part: str, module: nn.Module, args: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+    """Refuse flat arguments that would build ``part`` but disagree with the ``module`` given for it."""
+    for arg, value in args.items():
+        if _plain(value) == _plain(defaults[arg]):
+            continue
+        attr = _ATTRIBUTES.get(arg, arg)
+        if hasattr(module, attr) and _plain(getattr(module, attr)) == _plain(value):
+            continue
+        found = f"its {attr} is {getattr(module, attr)!r}" if hasattr(module, attr) else f"it has no {attr}"
+        raise ValueError(
+            f"{arg}={value!r} only builds the default {part}, but a {part} ({type(module).__name__}) was given and "
+            f"{found}: set it on the {part} (in a config: network_def#{part}#...) or drop it."
+        )
+
+
+def _require(part: str, module: object, members: Sequence[str]) -> None:
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"the {part} must be an nn.Module, got a {type(module).__name__}.")
+    missing = [m for m in members if not hasattr(module, m)]
+    if missing:
+        raise ValueError(f"the {part} {type(module).__name__} lacks {', '.join(missing)}.")
 
 
 def split_prediction(prediction: torch.Tensor, num_classes: int, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +101,23 @@ class MaskTransformer(nn.Module):
     All outputs are float32, also under autocast. The training-mode tensors are views with channels-last strides
     (the head works voxel-major, see :class:`MaskClassificationHead`); the evaluation tensor is contiguous.
 
+    The three parts can be swapped (Mask2Former-style): pass ready modules as ``backbone``, ``decoder`` and
+    ``head`` (in a config, nested objects with ``_target_``); a part left ``None`` is built from the flat arguments,
+    with the same parameter names as always, so checkpoints fit either way. A given part is checked here:
+
+    - backbone: the :class:`~bundle.networks.backbone.FeatureBackbone` contract (``feature_channels``, coarsest
+      first, at least ``num_feature_levels`` of them; ``embed_dim`` equal to ``embed_dim``; ``forward(x)`` returns
+      ``(features, embedding)``), see :func:`~bundle.networks.backbone.check_backbone`;
+    - decoder: ``feature_channels`` (what it expects, coarsest first) equal to the first ones of the backbone,
+      ``embed_dim``, ``num_queries`` (equal to the count from ``queries_per_class``/``num_queries`` where given) and
+      ``num_layers``; ``forward(features)`` returns ``num_layers`` tensors ``(B, N, D)``, as
+      :class:`~bundle.networks.transformer_decoder.QueryTransformerDecoder` does;
+    - head: the :class:`~bundle.networks.heads.MaskClassificationHead` interface, with ``embed_dim`` and
+      ``num_classes`` equal to this model's and ``query_classes`` naming ``num_queries`` queries if fixed.
+
+    A flat argument that only builds a given part (e.g. ``filters`` with a ready backbone) must be left at its
+    default or agree with the part's attribute of that name; otherwise a ``ValueError`` says so.
+
     Args:
         spatial_dims: number of spatial dimensions.
         in_channels: number of input channels.
@@ -90,6 +152,9 @@ class MaskTransformer(nn.Module):
         norm_name: backbone normalisation.
         act_name: backbone activation.
         res_block: residual backbone blocks.
+        backbone: a ready backbone (see above); ``None`` builds a :class:`DynUNetBackbone` from the flat arguments.
+        decoder: a ready query decoder; ``None`` builds a ``QueryTransformerDecoder`` from the flat arguments.
+        head: a ready mask-classification head; ``None`` builds a ``MaskClassificationHead``.
     """
 
     def __init__(
@@ -117,6 +182,9 @@ class MaskTransformer(nn.Module):
         act_name: tuple | str = ("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
         res_block: bool = False,
         eval_output: str = "probabilities",
+        backbone: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+        head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if eval_output not in ("probabilities", "logits"):
@@ -134,39 +202,82 @@ class MaskTransformer(nn.Module):
                 raise ValueError(f"num_queries={num_queries} but queries_per_class {counts} sums to {sum(counts)}.")
             num_queries = sum(counts)
             query_classes = [k for k, n in enumerate(counts) for _ in range(n)]
-        if num_queries is None:
-            num_queries = 16
-        self.backbone = DynUNetBackbone(
-            spatial_dims=spatial_dims,
-            in_channels=in_channels,
-            embed_dim=embed_dim,
-            kernel_size=kernel_size,
-            strides=strides,
-            upsample_kernel_size=upsample_kernel_size,
-            filters=filters,
-            norm_name=norm_name,
-            act_name=act_name,
-            res_block=res_block,
-        )
-        channels = self.backbone.feature_channels
-        if not 1 <= num_feature_levels <= len(channels):
-            raise ValueError(f"num_feature_levels must be in [1, {len(channels)}], got {num_feature_levels}.")
-        # A scale that no decoder layer attends to would hold parameters without gradients (and break DDP).
-        num_feature_levels = min(num_feature_levels, num_layers)
-        self.decoder = QueryTransformerDecoder(
-            feature_channels=channels[:num_feature_levels],
-            embed_dim=embed_dim,
-            num_queries=num_queries,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            ffn_dim=ffn_dim,
-            dropout=dropout,
-            pre_norm=pre_norm,
-            spatial_dims=spatial_dims,
-        )
-        self.head = MaskClassificationHead(
-            embed_dim, num_classes, normalize_embeddings, temperature, query_classes=query_classes
-        )
+        if not num_feature_levels >= 1:
+            raise ValueError(f"num_feature_levels must be >= 1, got {num_feature_levels}.")
+        values = locals()
+        defaults = {k: p.default for k, p in inspect.signature(MaskTransformer.__init__).parameters.items()}
+        if backbone is None:
+            backbone = DynUNetBackbone(
+                spatial_dims=spatial_dims,
+                in_channels=in_channels,
+                embed_dim=embed_dim,
+                kernel_size=kernel_size,
+                strides=strides,
+                upsample_kernel_size=upsample_kernel_size,
+                filters=filters,
+                norm_name=norm_name,
+                act_name=act_name,
+                res_block=res_block,
+            )
+        else:
+            _check_unused("backbone", backbone, {k: values[k] for k in _BACKBONE_ARGS}, defaults)
+            if getattr(backbone, "spatial_dims", spatial_dims) != spatial_dims:
+                raise ValueError(f"the backbone has spatial_dims={backbone.spatial_dims}, the model {spatial_dims}.")
+        if decoder is None:
+            channels = check_backbone(backbone, embed_dim, num_feature_levels)
+            if num_queries is None:
+                num_queries = 16
+            # A scale that no decoder layer attends to would hold parameters without gradients (and break DDP).
+            num_feature_levels = min(num_feature_levels, num_layers)
+            decoder = QueryTransformerDecoder(
+                feature_channels=channels[:num_feature_levels],
+                embed_dim=embed_dim,
+                num_queries=num_queries,
+                num_layers=num_layers,
+                num_heads=num_heads,
+                ffn_dim=ffn_dim,
+                dropout=dropout,
+                pre_norm=pre_norm,
+                spatial_dims=spatial_dims,
+            )
+        else:
+            _require("decoder", decoder, ("feature_channels", "embed_dim", "num_queries", "num_layers"))
+            _check_unused("decoder", decoder, {k: values[k] for k in _DECODER_ARGS}, defaults)
+            wanted = [int(c) for c in decoder.feature_channels]
+            channels = check_backbone(backbone, embed_dim, len(wanted))
+            if wanted != channels[: len(wanted)] or decoder.embed_dim != embed_dim:
+                raise ValueError(
+                    f"the decoder {type(decoder).__name__} expects feature_channels={wanted} and embed_dim="
+                    f"{decoder.embed_dim}, but the backbone returns {channels} (coarsest first) and embed_dim is "
+                    f"{embed_dim}."
+                )
+            if num_queries is not None and num_queries != decoder.num_queries:
+                raise ValueError(f"num_queries={num_queries} but the decoder has {decoder.num_queries} queries.")
+            num_queries, num_layers, num_feature_levels = decoder.num_queries, decoder.num_layers, len(wanted)
+        if head is None:
+            head = MaskClassificationHead(
+                embed_dim, num_classes, normalize_embeddings, temperature, query_classes=query_classes
+            )
+        else:
+            _require("head", head, ("embed_dim", "num_classes", "query_classes", *_HEAD_METHODS))
+            _check_unused("head", head, {k: values[k] for k in _HEAD_ARGS}, defaults)
+            if head.embed_dim != embed_dim or head.num_classes != num_classes:
+                raise ValueError(
+                    f"the head {type(head).__name__} has embed_dim={head.embed_dim} and num_classes={head.num_classes}"
+                    f", the model {embed_dim} and {num_classes}."
+                )
+            if query_classes is not None and list(head.query_classes or []) != query_classes:
+                raise ValueError(
+                    f"queries_per_class gives query classes {query_classes}, the head {head.query_classes}."
+                )
+        if head.query_classes is not None and len(head.query_classes) != num_queries:
+            raise ValueError(
+                f"the head fixes the classes of {len(head.query_classes)} queries, the decoder has {num_queries}."
+            )
+        # registered in this order, under these names, as always: the state-dict keys of the shipped weights
+        self.backbone = backbone
+        self.decoder = decoder
+        self.head = head
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.num_layers = num_layers

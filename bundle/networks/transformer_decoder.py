@@ -139,6 +139,10 @@ class QueryTransformerDecoder(nn.Module):
             [QueryDecoderLayer(embed_dim, num_heads, ffn_dim, dropout, pre_norm) for _ in range(num_layers)]
         )
         self.norm = nn.LayerNorm(embed_dim)
+        # plain attributes (not in the state dict) that MaskTransformer checks a given decoder against
+        self.feature_channels = [int(c) for c in feature_channels]
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
         self.num_queries = num_queries
         self.num_layers = num_layers
         self.num_scales = len(feature_channels)

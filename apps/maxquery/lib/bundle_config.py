@@ -76,7 +76,7 @@ class BundleConfig:
 
     Args:
         root: the bundle root (holds ``metadata.json`` and ``configs/``).
-        overrides: config ids (``"patch_size"``, ``"network_def#filters"``...) and the values replacing them, for
+        overrides: config ids (``"patch_size"``, ``"backbone#filters"``...) and the values replacing them, for
             both ``configs/inference.json`` and ``configs/train.json``; plain values only (see
             :func:`check_literal`).
         inference_defaults: overrides of the inference config set by the app itself (e.g. the folder of the served
