@@ -11,7 +11,8 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from bundle.handlers import OODCalibrationHandler, OODCaseWriter, OODEvaluationHandler
+from bundle.handlers import OODCalibrationHandler, OODCaseWriter, OODEvaluationHandler, format_metrics_table
+from bundle.ood import SCORES, register_score
 
 CLASSES = {0: "background", 1: "organ", 2: "tumour"}
 
@@ -51,6 +52,65 @@ def test_evaluation_scores_a_perfect_maxquery_map_as_perfect(tmp_path):
     rows = {r["case"]: r for r in csv.DictReader((tmp_path / "per_case.csv").open())}
     assert rows["ood_a"]["group"] == "test_ood" and rows["in_a"]["dice_organ"] == "1.000000"
     assert np.load(tmp_path / "roi_scores.npz")["is_ood"].sum() == 16
+
+
+@pytest.fixture
+def score_registry():
+    """The score registry, restored after the test (registering is global)."""
+    saved = dict(SCORES)
+    yield SCORES
+    SCORES.clear()
+    SCORES.update(saved)
+
+
+def _negative_max_probability(x: torch.Tensor, dim: int = 1, keepdim: bool = True) -> torch.Tensor:
+    return -x.amax(dim=dim, keepdim=keepdim)
+
+
+def test_a_registered_score_is_evaluated_without_touching_the_evaluation(tmp_path, score_registry):
+    register_score("neg_max_prob", _negative_max_probability, "probabilities")
+    cases = [_case("in_a", False, 0.0), _case("ood_a", True, 5.0)]
+    handler = OODEvaluationHandler(str(tmp_path), CLASSES, ood_labels=[4], roi_margin_voxels=1, save_scores=True)
+    _run(cases, handler._reset, handler._collect, handler._finish)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(metrics["pixel_ood"]) == ["maxquery", "msp", "max_logit", "energy", "entropy", "rba", "neg_max_prob"]
+    assert metrics["pixel_ood"]["neg_max_prob"]["auroc"] == metrics["pixel_ood"]["msp"]["auroc"]  # msp - 1
+    assert set(metrics["case_ood"]["neg_max_prob"]) == {"auroc"} and metrics["skipped_scores"] == {}
+    rows = {r["case"]: r for r in csv.DictReader((tmp_path / "per_case.csv").open())}
+    assert float(rows["in_a"]["score_neg_max_prob"]) == pytest.approx(float(rows["in_a"]["score_msp"]) - 1.0)
+    assert "neg_max_prob" in np.load(tmp_path / "roi_scores.npz").files
+
+
+def test_a_duplicate_name_or_an_unknown_input_is_refused(score_registry):
+    with pytest.raises(ValueError, match="already registered"):
+        register_score("msp", _negative_max_probability, "probabilities")
+    with pytest.raises(ValueError, match="must be one of"):
+        register_score("odin", _negative_max_probability, "features")
+    with pytest.raises(ValueError, match="non-empty name"):
+        register_score("", _negative_max_probability, "logits")
+    with pytest.raises(ValueError, match="unknown OOD score"):
+        OODEvaluationHandler(".", CLASSES, ood_labels=[4], methods=["odin"])
+    assert "odin" not in SCORES and SCORES["msp"].consumes == "probabilities"
+
+
+def test_a_score_of_an_output_the_network_lacks_is_skipped_with_the_reason(tmp_path, score_registry):
+    register_score("neg_max_affinity", _negative_max_probability, "affinities")
+    cases = [_case("in_a", False, 0.0), _case("ood_a", True, 5.0)]
+    # a per-voxel head (DynUNet baseline): no anomaly map and no affinities
+    handler = OODEvaluationHandler(str(tmp_path), CLASSES, ood_labels=[4], anomaly_key=None)
+    _run(cases, handler._reset, handler._collect, handler._finish)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(metrics["pixel_ood"]) == ["msp", "max_logit", "energy", "entropy", "rba"]
+    assert set(metrics["skipped_scores"]) == {"maxquery", "neg_max_affinity"}
+    assert "no query affinities" in metrics["skipped_scores"]["neg_max_affinity"]
+    assert "skipped" in format_metrics_table(metrics)
+    # a network that gives them gets the score: R (N=2 queries) under affinity_key
+    for item, _ in cases:
+        item["affinity"] = torch.zeros(2, 8, 8, 8)
+    cases[1][0]["affinity"][:, 3:5, 3:5, 3:5] = -1.0  # the OOD lesion is far from every query
+    handler = OODEvaluationHandler(str(tmp_path), CLASSES, ood_labels=[4], roi_margin_voxels=1, affinity_key="affinity")
+    _run(cases, handler._reset, handler._collect, handler._finish)
+    assert handler.metrics["pixel_ood"]["neg_max_affinity"]["auroc"] == 1.0 and handler.metrics["skipped_scores"] == {}
 
 
 def test_calibration_flags_at_most_the_target_fraction_of_inlier_cases(tmp_path):

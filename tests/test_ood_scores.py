@@ -11,12 +11,15 @@ import torch
 from monai.data import MetaTensor
 
 from bundle.ood import (
+    SCORE_FUNCTIONS,
+    SCORES,
     CalibrationError,
     CaseOODScored,
     OODScored,
     SplitPredictiond,
     calibrate_threshold,
     case_ood_score,
+    class_inputs,
     empirical_fpr,
     energy,
     entropy,
@@ -58,6 +61,18 @@ def test_scores_from_logits_match_formulas():
     for method in ("msp", "max_logit", "energy", "entropy"):
         s = ood_score(LOGITS, method, dim=0, input_type="logits")
         assert s[0, 1] > s[0, 0], method
+
+
+def test_registered_scores_on_logits_equal_their_functions_exactly():
+    """The registry hands each built-in the output it consumes; on logits (the evaluation's input) nothing moves."""
+    inputs = class_inputs(LOGITS, "logits", dim=0)
+    for name in ("msp", "max_logit", "energy", "entropy", "rba"):
+        score = SCORES[name]
+        expected = SCORE_FUNCTIONS[name](LOGITS, dim=0, input_type="logits")
+        assert torch.equal(score(inputs[score.consumes], dim=0), expected), name
+    assert [s.consumes for s in SCORES.values()][:2] == ["anomaly", "probabilities"]
+    affinity = torch.randn(3, 2, 2)
+    assert torch.equal(ood_score(affinity, "maxquery", dim=0), maxquery(affinity, dim=0))  # R -> A = -max_n R
 
 
 def test_scores_from_probabilities_use_log_probabilities():

@@ -1,4 +1,10 @@
-"""Evaluation of inlier segmentation and OOD localisation/detection (DESIGN section 4) as an ignite handler."""
+"""Evaluation of inlier segmentation and OOD localisation/detection (DESIGN section 4) as an ignite handler.
+
+The OOD scores are those registered in :data:`bundle.ood.scores.SCORES`. Each declares the network output it
+consumes; the handler hands it that output (the class output as probabilities or logits, the anomaly map, the
+query affinities) and reports a score whose output the network does not give under ``skipped_scores`` with the
+reason, instead of computing it. Registering a score is therefore enough to have it evaluated.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from bundle.data.files import atomic_write, atomic_write_text
 from bundle.handlers.naming import case_name
 from bundle.metrics.ood import case_auroc, pixel_ood_metrics, roi_mask
 from bundle.ood.case_score import case_ood_score
-from bundle.ood.scores import ood_score
+from bundle.ood.scores import SCORES, OODScore, class_inputs
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
@@ -30,6 +36,7 @@ __all__ = ["BASELINE_METHODS", "OODEvaluationHandler", "format_metrics_table"]
 logger = logging.getLogger(__name__)
 
 BASELINE_METHODS = ("msp", "max_logit", "energy", "entropy", "rba")
+"""The built-in scores of the class output, which every segmentation network gives."""
 
 PROTOCOL = {
     "dice": "per class on inlier test cases (ground truth and prediction on the model grid), averaged over cases; "
@@ -47,7 +54,10 @@ class OODEvaluationHandler:
     """Accumulate per-case results during an evaluator run; write ``metrics.json`` and ``per_case.csv`` at the end.
 
     Each post-processed item must hold the class output under ``pred_key`` (channel first, probabilities or logits),
-    the ground truth under ``label_key`` and, for the mask transformer, the MaxQuery map under ``anomaly_key``.
+    the ground truth under ``label_key`` and, for the mask transformer, the MaxQuery map under ``anomaly_key`` (and
+    the query affinities under ``affinity_key`` if set). Every selected score of :data:`bundle.ood.scores.SCORES`
+    gets the output it consumes; one whose output this network does not give (its key is ``None``, e.g. the
+    DynUNet baseline has no anomaly map) is listed in ``metrics.json`` under ``skipped_scores`` with the reason.
     Whether a case belongs to ``test_ood`` is read from ``case_group_key`` in the batch (falls back to "its label
     holds an OOD value").
 
@@ -57,12 +67,16 @@ class OODEvaluationHandler:
         ood_labels: label values that mark OOD lesions.
         roi_margin_voxels: dilation of the ground-truth foreground defining the ROI.
         top_k_fraction: fraction of foreground voxels averaged into a case score.
-        input_type: ``"probabilities"`` (mask transformer Z) or ``"logits"`` (per-voxel head).
+        input_type: what the class output is, ``"probabilities"`` (mask transformer Z) or ``"logits"`` (per-voxel
+            head, or the mask transformer's ``eval_output="logits"``); the other is derived from it
+            (:func:`bundle.ood.scores.class_inputs`).
         anomaly_key: key of the MaxQuery map, or ``None`` for models without queries.
-        methods: baseline scores to compute from the class output.
+        methods: names of the registered scores to evaluate; ``None`` evaluates every registered score (in
+            registration order) whose input the network gives.
         pred_key: key of the class output.
         label_key: key of the label map.
         case_group_key: batch key with 1 for OOD cases, 0 for inlier cases.
+        affinity_key: key of the query affinities ``R`` ``(N, *spatial)``, or ``None`` if the output has none.
         metrics_filename: name of the JSON summary.
         per_case_filename: name of the per-case CSV.
         save_scores: also write ``roi_scores.npz``: the pooled ROI voxel scores of every method and the OOD mask
@@ -81,10 +95,11 @@ class OODEvaluationHandler:
         top_k_fraction: float = 0.01,
         input_type: str = "probabilities",
         anomaly_key: str | None = "ood",
-        methods: Sequence[str] = BASELINE_METHODS,
+        methods: Sequence[str] | None = None,
         pred_key: str = "pred",
         label_key: str = "label",
         case_group_key: str = "ood_case",
+        affinity_key: str | None = None,
         metrics_filename: str = "metrics.json",
         per_case_filename: str = "per_case.csv",
         save_scores: bool = False,
@@ -99,11 +114,32 @@ class OODEvaluationHandler:
         self.top_k_fraction = top_k_fraction
         self.input_type = input_type
         self.anomaly_key = anomaly_key
-        self.methods = (["maxquery"] if anomaly_key else []) + list(methods)
+        self.affinity_key = affinity_key
+        self.scores, self.skipped = self._select_scores(methods)
+        self.methods = [score.name for score in self.scores]
         self.pred_key, self.label_key, self.case_group_key = pred_key, label_key, case_group_key
         self.metrics_filename, self.per_case_filename = metrics_filename, per_case_filename
         self.save_scores = save_scores
         self._reset()
+
+    def _select_scores(self, methods: Sequence[str] | None) -> tuple[list[OODScore], dict[str, str]]:
+        """The scores to compute and, by name, the reason each other selected score is skipped."""
+        names = list(SCORES) if methods is None else list(methods)
+        unknown = [name for name in names if name not in SCORES]
+        if unknown:
+            raise ValueError(f"unknown OOD score(s) {unknown}; registered: {sorted(SCORES)}.")
+        missing = {
+            "anomaly": None if self.anomaly_key else "the network gives no anomaly map (anomaly_key is None)",
+            "affinities": None if self.affinity_key else "the network gives no query affinities (affinity_key is None)",
+        }
+        scores, skipped = [], {}
+        for name in names:
+            reason = missing.get(SCORES[name].consumes)
+            if reason:
+                skipped[name] = f"consumes {SCORES[name].consumes!r}: {reason}"
+            else:
+                scores.append(SCORES[name])
+        return scores, skipped
 
     def _reset(self, engine: Engine | None = None) -> None:
         self.cases: list[dict] = []
@@ -119,20 +155,19 @@ class OODEvaluationHandler:
         engine.add_event_handler(Events.COMPLETED, self._finish)
 
     def _maps(self, item: Mapping) -> dict[str, torch.Tensor]:
-        pred = torch.as_tensor(item[self.pred_key]).float()
-        maps = {
-            m: ood_score(pred, m, dim=0, input_type=self.input_type, keepdim=False)
-            for m in self.methods
-            if m != "maxquery"
-        }
-        if self.anomaly_key:
-            maps["maxquery"] = torch.as_tensor(item[self.anomaly_key]).float()[0]
-        return maps
+        """Each score's voxel map ``(*spatial)`` of one item, from the output the score consumes."""
+        inputs = class_inputs(torch.as_tensor(item[self.pred_key]).float(), self.input_type, dim=0)
+        for name, key in (("anomaly", self.anomaly_key), ("affinities", self.affinity_key)):
+            if key:
+                inputs[name] = torch.as_tensor(item[key]).float()
+        return {score.name: score(inputs[score.consumes], dim=0, keepdim=False) for score in self.scores}
 
     def _collect(self, engine: Engine) -> None:
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [None] * len(engine.state.output)
         for item, batch_item in zip(engine.state.output, batch, strict=True):
-            for key in (self.pred_key, self.label_key) + ((self.anomaly_key,) if self.anomaly_key else ()):
+            for key in (self.pred_key, self.label_key, self.anomaly_key, self.affinity_key):
+                if key is None:
+                    continue
                 if key not in item:
                     raise KeyError(f"evaluation needs '{key}' in the post-processed output (keys: {sorted(item)}).")
             label = torch.as_tensor(item[self.label_key])[0].long().cpu()
@@ -182,6 +217,7 @@ class OODEvaluationHandler:
             "dice": dice,
             "pixel_ood": pixel,
             "case_ood": case,
+            "skipped_scores": dict(self.skipped),
             "num_cases": {"test": len(inlier), "test_ood": len(ood)},
             "num_roi_voxels": {"total": int(is_ood.size), "ood": int(is_ood.sum())},
             "settings": {
@@ -223,4 +259,6 @@ def format_metrics_table(metrics: Mapping) -> str:
             f"{method:<10} {values['auroc']:>11.3f} {values['aupr']:>7.3f} {values['fpr95']:>7.3f} "
             f"{metrics['case_ood'][method]['auroc']:>11.3f}"
         )
+    for method, reason in metrics.get("skipped_scores", {}).items():
+        lines.append(f"{method:<10} skipped: {reason}")
     return "\n".join(lines)

@@ -1,5 +1,5 @@
-"""Out-of-distribution scoring: voxel scores, dictionary transforms, case scores, threshold calibration and
-suspected-OOD marking."""
+"""Out-of-distribution scoring: the registry of voxel scores (each declares the network output it consumes),
+dictionary transforms, case scores, threshold calibration and suspected-OOD marking."""
 
 from __future__ import annotations
 
@@ -13,21 +13,39 @@ from .calibration import (
     save_calibration,
 )
 from .case_score import CaseOODScored, case_ood_score, foreground_from_prediction
-from .scores import SCORE_FUNCTIONS, energy, entropy, max_logit, maxquery, msp, ood_score, rba
+from .scores import (
+    SCORE_FUNCTIONS,
+    SCORE_INPUTS,
+    SCORES,
+    OODScore,
+    class_inputs,
+    energy,
+    entropy,
+    max_logit,
+    maxquery,
+    msp,
+    ood_score,
+    rba,
+    register_score,
+)
 from .suspected import MarkSuspectedOODd
 from .transforms import OODScored, SplitPredictiond
 
 __all__ = [
+    "SCORES",
     "SCORE_FUNCTIONS",
+    "SCORE_INPUTS",
     "CalibrationError",
     "CaseOODScored",
     "MarkSuspectedOODd",
+    "OODScore",
     "OODScored",
     "OODThresholds",
     "SplitPredictiond",
     "calibrate_threshold",
     "calibrated_thresholds",
     "case_ood_score",
+    "class_inputs",
     "empirical_fpr",
     "energy",
     "entropy",
@@ -38,5 +56,6 @@ __all__ = [
     "msp",
     "ood_score",
     "rba",
+    "register_score",
     "save_calibration",
 ]

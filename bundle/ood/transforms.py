@@ -8,7 +8,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from .scores import SCORE_FUNCTIONS, ood_score
+from .scores import QUERY_INPUT_TYPES, SCORES, ood_score
 
 __all__ = ["OODScored", "SplitPredictiond"]
 
@@ -61,13 +61,16 @@ class OODScored(MapTransform):
 
     Args:
         keys: key(s) of the input prediction.
-        method: ``"maxquery"``, ``"msp"``, ``"max_logit"``, ``"energy"``, ``"entropy"`` or ``"rba"`` (see
-            :mod:`bundle.ood.scores`).
-        input_type: ``"probabilities"`` or ``"logits"`` for the class-based scores, ``"affinity"`` or
-            ``"anomaly"`` for ``maxquery``; ``None`` picks ``"probabilities"`` (``"anomaly"`` for ``maxquery``).
+        method: a name in :data:`bundle.ood.scores.SCORES`, e.g. ``"maxquery"``, ``"msp"``, ``"max_logit"``,
+            ``"energy"``, ``"entropy"`` or ``"rba"``.
+        input_type: what the input is (see :func:`bundle.ood.scores.ood_score`): ``"probabilities"`` or
+            ``"logits"`` for scores of class outputs, ``"affinities"`` or ``"anomaly"`` for scores of query outputs;
+            ``None`` picks ``"probabilities"`` for a class score and the consumed output for a query score
+            (``"anomaly"`` for ``maxquery``).
         output_key: where to store the score; ``None`` overwrites the input key; a sequence gives one per key.
-        num_classes: if given, the input is the mask transformer's combined output ``cat[Z, A]``: class-based
-            scores use the first ``num_classes`` channels and ``maxquery`` uses channel ``num_classes``.
+        num_classes: if given, the input is the mask transformer's combined output ``cat[Z, A]``: scores of class
+            outputs use the first ``num_classes`` channels, scores of query outputs (``maxquery``) channel
+            ``num_classes``.
         allow_missing_keys: skip missing keys instead of raising.
     """
 
@@ -81,10 +84,11 @@ class OODScored(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        if method not in SCORE_FUNCTIONS:
-            raise ValueError(f"unknown OOD score {method!r}; choose from {sorted(SCORE_FUNCTIONS)}.")
+        if method not in SCORES:
+            raise ValueError(f"unknown OOD score {method!r}; choose from {sorted(SCORES)}.")
+        self.query_score = SCORES[method].consumes in QUERY_INPUT_TYPES
         if input_type is None:
-            input_type = "anomaly" if method == "maxquery" else "probabilities"
+            input_type = SCORES[method].consumes if self.query_score else "probabilities"
         self.method = method
         self.input_type = input_type
         self.num_classes = num_classes
@@ -103,7 +107,7 @@ class OODScored(MapTransform):
                         f"'{key}' has {x.shape[0]} channels; with num_classes={self.num_classes} the input must be "
                         f"cat[Z, A] with {self.num_classes + 1} channels."
                     )
-                x = x[self.num_classes :] if self.method == "maxquery" else x[: self.num_classes]
+                x = x[self.num_classes :] if self.query_score else x[: self.num_classes]
             d[out_key if out_key is not None else key] = ood_score(x, self.method, dim=0, input_type=self.input_type)
         return d
 
