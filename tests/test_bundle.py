@@ -259,6 +259,7 @@ def test_exported_torchscript_matches_the_checkpoint(trained, tmp_path):
 
     parser = ConfigParser()
     parser.read_config(str(REPO / "configs" / "inference.json"))
+    parser.read_meta(str(REPO / "metadata.json"))
     for key, value in TINY.items():
         parser[key] = json.loads(value)
     network = parser.get_parsed_content("network_def").eval()

@@ -86,6 +86,7 @@ def _inference_parser():
 
     parser = ConfigParser()
     parser.read_config(str(REPO_ROOT / "configs" / "inference.json"))
+    parser.read_meta(str(REPO_ROOT / "metadata.json"))
     parser["bundle_root"] = str(REPO_ROOT)
     for key, value in TINY_BUNDLE_OVERRIDES.items():
         parser[key] = value

@@ -14,6 +14,7 @@ from bundle.ood.calibration import file_sha256
 def test_shipped_checkpoints_load_strictly_into_the_inference_config(repo_root):
     parser = ConfigParser()
     parser.read_config(str(repo_root / "configs" / "inference.json"))
+    parser.read_meta(str(repo_root / "metadata.json"))
     parser.update({"bundle_root": str(repo_root), "device": torch.device("cpu")})
     models = repo_root / "models"
     network = load_weights(parser.get_parsed_content("network_def"), models / "model.pt")
@@ -21,7 +22,7 @@ def test_shipped_checkpoints_load_strictly_into_the_inference_config(repo_root):
     with torch.no_grad():
         out = network(torch.zeros(1, 1, *parser["patch_size"]))
         organ = localiser(torch.zeros(1, 1, *parser["localiser"]["roi_size"]))
-    assert out.shape[1] == parser["num_classes"] + 1 and organ.shape[1] == 2
+    assert out.shape[1] == parser.get_parsed_content("num_classes") + 1 and organ.shape[1] == 2
 
 
 def test_shipped_calibration_records_the_shipped_model(repo_root):

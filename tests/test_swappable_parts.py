@@ -123,6 +123,7 @@ def test_the_default_parts_keep_their_flat_construction():
 def test_the_shipped_model_loads_strictly_into_the_flat_and_the_nested_config(repo_root):
     parser = ConfigParser()
     parser.read_config(str(repo_root / "configs" / "inference.json"))
+    parser.read_meta(str(repo_root / "metadata.json"))
     parser.update({"bundle_root": str(repo_root), "device": torch.device("cpu")})
     nested = parser.get_parsed_content("network_def")
     assert isinstance(nested.backbone, DynUNetBackbone)
@@ -153,6 +154,7 @@ def test_train_and_inference_configs_nest_the_same_backbone(repo_root):
 def test_a_stale_flat_backbone_override_is_refused(repo_root):
     parser = ConfigParser()
     parser.read_config(str(repo_root / "configs" / "inference.json"))
+    parser.read_meta(str(repo_root / "metadata.json"))
     parser.update({"bundle_root": str(repo_root), "network_def#filters": [8, 8, 16, 16]})
     # MONAI wraps the constructor's error; the cause names the problem
     with pytest.raises(RuntimeError) as info:
