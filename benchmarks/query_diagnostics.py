@@ -1,6 +1,6 @@
 """Which cluster do OOD voxels join? A nearest-query analysis of trained mask transformers.
 
-For every voxel inside the region of interest of DESIGN section 4 (ground-truth organ and lesions dilated by
+For every voxel inside the evaluation's region of interest (ground-truth organ and lesions dilated by
 ``roi_margin_voxels``), the query of largest affinity ``R`` is the voxel's nearest cluster centre, and the argmax of
 that query's class logits is the cluster's class. The report gives, for each model:
 

@@ -1,4 +1,4 @@
-"""Evaluation of inlier segmentation and OOD localisation/detection (DESIGN section 4) as an ignite handler.
+"""Evaluation of inlier segmentation and OOD localisation/detection as an ignite handler (docs/benchmark/README.md).
 
 The OOD scores are those registered in :data:`bundle.ood.scores.SCORES`. Each declares the network output it
 consumes; the handler hands it that output (the class output as probabilities or logits, the anomaly map, the

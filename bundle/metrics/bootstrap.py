@@ -1,4 +1,4 @@
-"""Case-level bootstrap confidence intervals of the evaluation metrics (DESIGN section 4).
+"""Case-level bootstrap confidence intervals of the evaluation metrics (the protocol in docs/benchmark/README.md).
 
 The unit of resampling is the case: a replicate draws cases with replacement (within each group, ``test`` and
 ``test_ood`` separately, so that every replicate keeps the study's number of inlier and OOD cases and the pixel
