@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from test_monailabel_server import free_port
 
 from bundle.scripts import orthanc
 
@@ -27,12 +27,6 @@ def orthanc_available() -> bool:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def running_orthanc(storage: Path) -> Iterator[str]:
     """Start Orthanc with its storage in ``storage``; yield its DICOMweb URL; stop it by its PID, also on failure.
@@ -43,7 +37,7 @@ def running_orthanc(storage: Path) -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail("Orthanc or its DICOMweb plugin is missing; .ci/run installs orthanc and orthanc-dicomweb.")
         pytest.skip("Orthanc with the DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb).")
-    port = _free_port()
+    port = free_port()
     orthanc.start(storage, http_port=port)
     try:
         yield f"http://127.0.0.1:{port}{orthanc.DICOMWEB_ROOT.rstrip('/')}"

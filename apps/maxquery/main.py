@@ -181,9 +181,10 @@ class MaxQueryApp(MONAILabelApp):
                 "types the model was not trained on (out-of-distribution)."
             ),
             version=self.bundle.version,
-            # OHIF's MONAI Label panel appends the models' labels to this list (a dict breaks it: "all_labels.push is
-            # not a function"); each model's own `labels` stays a name -> value dict for mapping segment values
-            labels=[name for name, _ in sorted(self.segmentation.labels.items(), key=lambda item: item[1])],
+            # no app-level labels: MONAI Label then lists the models' label names in value order, the list OHIF's
+            # panel appends to (a dict breaks it: "all_labels.push is not a function"); each model keeps its own
+            # name -> value dict for mapping segment values
+            labels=None,
         )
         server = sys.modules.get("monailabel.app")
         if server is not None and hasattr(server, "app"):

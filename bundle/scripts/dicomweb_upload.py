@@ -26,8 +26,9 @@ import pydicom
 from dicomweb_client.api import DICOMwebClient
 
 from bundle.dicom import write_ct_series
+from bundle.handlers.naming import strip_image_suffix
 
-__all__ = ["UploadResult", "case_name", "main", "upload_volume", "upload_volumes"]
+__all__ = ["UploadResult", "main", "upload_volume", "upload_volumes"]
 
 
 @dataclass(frozen=True)
@@ -41,18 +42,9 @@ class UploadResult:
     error: str = ""
 
 
-def case_name(path: str | Path) -> str:
-    """The case name of an image file: its name without ``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha``."""
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
-
-
 def upload_volume(client: DICOMwebClient, path: str | Path, patient_id: str | None = None) -> UploadResult:
     """Convert one volume to a CT series and STOW it; errors are returned in the result, not raised."""
-    case = case_name(path)
+    case = strip_image_suffix(Path(path).name)
     patient_id = patient_id or case
     with tempfile.TemporaryDirectory() as tmp:
         try:

@@ -52,6 +52,10 @@ class AtomicIndexMixin:
     _lock_file: str
     _config_ts: float
 
+    def _sync(self) -> None:
+        """Pick up index changes made by other processes (cheap when there are none): MONAI Label's locked reload."""
+        self._init_from_datastore_file()
+
     def _reload_locked(self) -> None:
         """Re-read the index if another process changed it; the caller holds the file lock."""
         path = self._datastore_config_path
@@ -135,12 +139,6 @@ class ValidatingLocalDatastore(AtomicIndexMixin, LocalDatastore):
             auto_reload=auto_reload,
             read_only=read_only,
         )
-
-    # -- index consistency --------------------------------------------------------------------------------------
-
-    def _sync(self) -> None:
-        """Pick up index changes made by other processes (cheap when there are none)."""
-        self._init_from_datastore_file()
 
     # -- reads ----------------------------------------------------------------------------------------------------
 

@@ -248,8 +248,7 @@ class ValidatingDICOMWebDatastore(AtomicIndexMixin, DICOMWebDatastore):
 
     def get_image_info(self, image_id: str) -> dict[str, Any]:
         """The image's info as the cache index holds it now (scores written by the scoring process included)."""
-        with FileLock(self._lock_file):
-            self._reload_locked()
+        self._sync()
         return super().get_image_info(image_id)
 
     def get_labeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
