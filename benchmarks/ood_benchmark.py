@@ -62,6 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.concurrent_runs import PROBE_EPOCHS, fit_epochs, run_concurrently  # noqa: E402
+from bundle.configs import config_files, flatten_configs  # noqa: E402
 from bundle.data import ensure_dataset, load_datalist, ood_label_values  # noqa: E402
 from bundle.scripts.pipeline import parse_overrides  # noqa: E402
 
@@ -117,10 +118,10 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}; {device}; torch {torch.__version__}"
 
 
-def bundle_run(config_files: list[str], overrides: dict) -> None:
-    """``monai.bundle run`` of the given config files from ``configs/`` with overrides."""
+def bundle_run(names: list[str], overrides: dict) -> None:
+    """``monai.bundle run`` of the given configs from ``configs/`` (layered on ``common.json``) with overrides."""
     run(
-        config_file=[str(ROOT / "configs" / name) for name in config_files],
+        config_file=config_files(*names, root=ROOT),
         meta_file=str(ROOT / "metadata.json"),
         logging_file=str(ROOT / "configs" / "logging.conf"),
         **overrides,
@@ -363,7 +364,7 @@ def plot_cases(dataset: Path, work: Path, out: Path, common: dict, num_cases: in
     """Image, ground truth, segmentation and MaxQuery map of a few OOD cases, through ``configs/inference.json``."""
     cases = load_datalist(dataset, "test_ood")[:num_cases]
     pred_dir = work / "c_mask_transformer_qd" / "inference"
-    inference_ids = json.loads((ROOT / "configs" / "inference.json").read_text())
+    inference_ids = flatten_configs("inference.json", root=ROOT)
     overrides = {
         **{key: value for key, value in common.items() if key.split("#")[0] in inference_ids},
         "ckpt_dir": str(work / "c_mask_transformer_qd" / "models"),

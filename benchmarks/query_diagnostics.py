@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.ood_benchmark import VARIANTS  # noqa: E402
+from bundle.configs import config_files  # noqa: E402
 from bundle.metrics.ood import roi_mask  # noqa: E402
 from bundle.networks import load_weights  # noqa: E402
 from bundle.scripts.pipeline import parse_overrides  # noqa: E402
@@ -116,7 +117,7 @@ def diagnose(name: str, dataset_dir: Path, work: Path, overrides: dict, device: 
     """Query class distributions, nearest-cluster and nearest-query shares per voxel type and per-class MaxQuery
     AUROCs of one benchmark variant."""
     parser = ConfigParser()
-    parser.read_config([str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "evaluate.json")])
+    parser.read_config(config_files("train.json", "evaluate.json", root=ROOT))
     parser.update({"bundle_root": str(ROOT), "dataset_dir": str(dataset_dir), **overrides})
     parser.update(VARIANTS[name]["overrides"])
     network = load_weights(parser.get_parsed_content("network_def"), work / name / "models" / "model.pt", device)

@@ -19,12 +19,14 @@ import pytest
 import torch
 from bad_inputs import BAD_IMAGES, BAD_LABELS, write_bad_image, write_bad_label
 
+from bundle.configs import COMMON_CONFIG, config_files
 from bundle.data.phantom import generate_dataset
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SUSPECTED_OOD = json.loads((REPO / "configs" / "inference.json").read_text())["suspected_ood_label"]
+INFERENCE_CONFIGS = "['configs/common.json','configs/inference.json']"
 
 TINY = {
     "patch_size": "[32,32,16]",
@@ -49,6 +51,8 @@ def _cli(args: dict) -> list[str]:
 def _run_bundle(configs: list[str], cwd: Path, meta: str, overrides: dict) -> subprocess.CompletedProcess:
     if "configs/train.json" in configs:  # every job layered on train.json can also train the organ localiser
         overrides = {"localiser_train#max_epochs": 1, **overrides}
+    if (cwd / "configs" / COMMON_CONFIG).is_file():  # the repository's configs are layered on common.json
+        configs = [f"configs/{COMMON_CONFIG}", *configs]
     config_arg = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--meta_file", meta, "--config_file", config_arg]
     cmd += ["--logging_file", "configs/logging.conf"] + _cli(overrides)
@@ -193,7 +197,7 @@ def test_every_cascade_feeds_the_networks_the_training_intensities(trained, data
 
     def parsed(configs: list[str]) -> ConfigParser:
         parser = ConfigParser()
-        parser.read_config([str(REPO / "configs" / name) for name in configs])
+        parser.read_config(config_files(*configs, root=REPO))
         parser.read_meta(str(REPO / "metadata.json"))
         overrides = {"dataset_dir": str(dataset), "ckpt_dir": str(trained / "models"), "num_workers": 0}
         for key, value in {**overrides, **{k: json.loads(v) for k, v in TINY.items()}}.items():
@@ -228,9 +232,9 @@ def test_every_cascade_feeds_the_networks_the_training_intensities(trained, data
 def test_workflow_properties_and_network_io(trained, dataset):
     from monai.bundle import ConfigWorkflow
 
-    for config, kind in (("configs/train.json", "train"), ("configs/inference.json", "infer")):
+    for config, kind in (("train.json", "train"), ("inference.json", "infer")):
         workflow = ConfigWorkflow(
-            config_file=str(REPO / config),
+            config_file=config_files(config, root=REPO),
             meta_file=str(REPO / "metadata.json"),
             workflow_type=kind,
             dataset_dir=str(dataset),
@@ -241,7 +245,7 @@ def test_workflow_properties_and_network_io(trained, dataset):
         workflow.initialize()
         assert not workflow.check_properties(), f"{config}: missing properties {workflow.check_properties()}"
     cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", "metadata.json"]
-    cmd += ["--config_file", "configs/inference.json", "--n", "4"]
+    cmd += ["--config_file", INFERENCE_CONFIGS, "--n", "4"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "verified" in proc.stdout + proc.stderr, proc.stderr[-3000:]
 
@@ -250,7 +254,7 @@ def test_exported_torchscript_matches_the_checkpoint(trained, tmp_path):
     exported = tmp_path / "model.ts"
     cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(exported)]
     cmd += ["--ckpt_file", str(trained / "models" / "model.pt"), "--meta_file", "metadata.json"]
-    cmd += ["--config_file", "configs/inference.json", "--use_trace", "True", "--input_shape", "[1,1,32,32,16]"]
+    cmd += ["--config_file", INFERENCE_CONFIGS, "--use_trace", "True", "--input_shape", "[1,1,32,32,16]"]
     cmd += _cli(TINY)
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -258,7 +262,7 @@ def test_exported_torchscript_matches_the_checkpoint(trained, tmp_path):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / "inference.json"))
+    parser.read_config(config_files("inference.json", root=REPO))
     parser.read_meta(str(REPO / "metadata.json"))
     for key, value in TINY.items():
         parser[key] = json.loads(value)
@@ -399,7 +403,7 @@ def test_training_killed_with_sigkill_resumes_and_pairs_the_model_with_its_calib
         **TINY,
     }
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--meta_file", "metadata.json"]
-    cmd += ["--config_file", "configs/train.json"] + _cli(overrides)
+    cmd += ["--config_file", "['configs/common.json','configs/train.json']"] + _cli(overrides)
     env = dict(os.environ, PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -439,7 +443,7 @@ def test_training_killed_with_sigkill_resumes_and_pairs_the_model_with_its_calib
 def test_two_process_gloo_training(dataset, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
     cmd += ["-m", "monai.bundle", "run", "--meta_file", "metadata.json"]
-    cmd += ["--config_file", "['configs/train.json','configs/multi_gpu_train.json']"]
+    cmd += ["--config_file", "['configs/common.json','configs/train.json','configs/multi_gpu_train.json']"]
     cmd += ["--logging_file", "configs/logging.conf"]
     cmd += _cli(
         {

@@ -21,6 +21,8 @@ import pytest
 import torch
 from bad_inputs import BAD_IMAGES, BAD_LABELS, write_bad_image, write_bad_label
 
+from bundle.configs import config_files
+
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
 
@@ -85,7 +87,7 @@ def _inference_parser():
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(REPO_ROOT / "configs" / "inference.json"))
+    parser.read_config(config_files("inference.json", root=REPO_ROOT))
     parser.read_meta(str(REPO_ROOT / "metadata.json"))
     parser["bundle_root"] = str(REPO_ROOT)
     for key, value in TINY_BUNDLE_OVERRIDES.items():
@@ -312,7 +314,8 @@ def test_the_command_line_and_the_server_give_the_same_label_map(studies: Path, 
     assert 0 < int((served == OOD_LABEL_VALUE).sum()) < int((served > 0).sum())
 
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+    cmd = [sys.executable, "-m", "monai.bundle", "run"]
+    cmd += ["--config_file", "['configs/common.json','configs/inference.json']"]
     cmd += ["--meta_file", "metadata.json", "--logging_file", "configs/logging.conf"]
     cmd += ["--ckpt_dir", str(model.parent), "--output_dir", str(out), "--device", "$torch.device('cpu')"]
     cmd += ["--datalist", json.dumps([{"image": str(studies / "case_b.nii.gz")}])]

@@ -7,16 +7,21 @@ import json
 import torch
 from monai.bundle import ConfigParser
 
+from bundle.configs import config_files
 from bundle.networks import load_weights
 from bundle.ood.calibration import file_sha256
 
 
-def test_shipped_checkpoints_load_strictly_into_the_inference_config(repo_root):
+def test_shipped_checkpoints_load_strictly_into_the_packaged_inference_config(repo_root, tmp_path):
+    from bundle.scripts.package import package_bundle
+
+    packaged, _ = package_bundle(repo_root, tmp_path / "dist")
+    assert not (packaged / "configs" / "common.json").exists(), "the package's configs must stand alone"
     parser = ConfigParser()
-    parser.read_config(str(repo_root / "configs" / "inference.json"))
-    parser.read_meta(str(repo_root / "metadata.json"))
-    parser.update({"bundle_root": str(repo_root), "device": torch.device("cpu")})
-    models = repo_root / "models"
+    parser.read_config(str(packaged / "configs" / "inference.json"))
+    parser.read_meta(str(packaged / "configs" / "metadata.json"))
+    parser.update({"bundle_root": str(packaged), "device": torch.device("cpu")})
+    models = packaged / "models"
     network = load_weights(parser.get_parsed_content("network_def"), models / "model.pt")
     localiser = load_weights(parser.get_parsed_content("localiser#network_def"), models / "localiser.pt")
     with torch.no_grad():
@@ -50,7 +55,7 @@ def test_the_records_agree_with_the_benchmark_and_the_version(repo_root):
 
 def _train_network(repo_root, **overrides):
     parser = ConfigParser()
-    parser.read_config(str(repo_root / "configs" / "train.json"))
+    parser.read_config(config_files("train.json", root=repo_root))
     classes = {"0": "background", "1": "pancreas", "2": "pdac", "3": "pnet"}
     parser.update({"bundle_root": str(repo_root), "device": torch.device("cpu"), "class_names": classes, **overrides})
     return parser.get_parsed_content("network")

@@ -10,6 +10,7 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
+from bundle.configs import config_files, flatten_configs
 from bundle.networks import (
     DynUNetBackbone,
     FeatureBackbone,
@@ -122,7 +123,7 @@ def test_the_default_parts_keep_their_flat_construction():
 
 def test_the_shipped_model_loads_strictly_into_the_flat_and_the_nested_config(repo_root):
     parser = ConfigParser()
-    parser.read_config(str(repo_root / "configs" / "inference.json"))
+    parser.read_config(config_files("inference.json", root=repo_root))
     parser.read_meta(str(repo_root / "metadata.json"))
     parser.update({"bundle_root": str(repo_root), "device": torch.device("cpu")})
     nested = parser.get_parsed_content("network_def")
@@ -143,17 +144,22 @@ def test_the_shipped_model_loads_strictly_into_the_flat_and_the_nested_config(re
         torch.testing.assert_close(network(x), nested(x))
 
 
-def test_train_and_inference_configs_nest_the_same_backbone(repo_root):
-    backbones = [
-        json.loads((repo_root / "configs" / f"{name}.json").read_text())["network_def"]["backbone"]
-        for name in ("train", "inference")
-    ]
-    assert backbones[0] == backbones[1] and backbones[0]["_target_"] == "bundle.networks.DynUNetBackbone"
+def test_the_model_definition_is_written_once(repo_root):
+    common = json.loads((repo_root / "configs" / "common.json").read_text())
+    for name in ("train", "inference"):
+        own = json.loads((repo_root / "configs" / f"{name}.json").read_text())
+        redefined = sorted(set(own) & set(common))
+        assert not redefined, f"configs/{name}.json redefines {redefined} of configs/common.json"
+    for key in ("network_def", "backbone", "queries_per_class", "patch_size", "pixdim", "localiser"):
+        assert key in common
+    flat = [flatten_configs(f"{name}.json", root=repo_root) for name in ("train", "inference")]
+    assert flat[0]["network_def"] == flat[1]["network_def"] == common["network_def"]
+    assert common["network_def"]["backbone"]["_target_"] == "bundle.networks.DynUNetBackbone"
 
 
 def test_a_stale_flat_backbone_override_is_refused(repo_root):
     parser = ConfigParser()
-    parser.read_config(str(repo_root / "configs" / "inference.json"))
+    parser.read_config(config_files("inference.json", root=repo_root))
     parser.read_meta(str(repo_root / "metadata.json"))
     parser.update({"bundle_root": str(repo_root), "network_def#filters": [8, 8, 16, 16]})
     # MONAI wraps the constructor's error; the cause names the problem

@@ -11,7 +11,10 @@ gives ``dist/maxquery_ct_ood/`` and ``dist/maxquery_ct_ood.zip`` holding::
     docs/README.md  LICENSE
     bundle/  (the Python code the configs import)
 
-The packaged bundle runs inference on its own, from its folder::
+The repository's ``train.json`` and ``inference.json`` are layered on ``configs/common.json``
+(:mod:`bundle.configs`); the package holds them flattened, each standalone, as the model zoo expects, and the
+overlays (``evaluate.json``, ``multi_gpu_train.json``) as they are. The packaged bundle runs inference on its own,
+from its folder::
 
     python -m monai.bundle run --config_file configs/inference.json --meta_file configs/metadata.json \\
         --dataset_dir /path/to/dataset
@@ -26,10 +29,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bundle.configs import COMMON_CONFIG, write_flat_config
+
 __all__ = ["main", "package_bundle"]
 
 BUNDLE_NAME = "maxquery_ct_ood"
-CONFIG_FILES = ("train.json", "inference.json", "evaluate.json", "multi_gpu_train.json", "logging.conf")
+#: configs written flattened (with ``common.json`` merged in), and configs copied as they are
+FLATTENED_CONFIGS = ("train.json", "inference.json")
+COPIED_CONFIGS = ("evaluate.json", "multi_gpu_train.json", "logging.conf")
 MODEL_FILES = ("model.pt", "localiser.pt", "ood_calibration.json")
 
 
@@ -53,7 +60,8 @@ def package_bundle(
     root = Path(bundle_root).resolve()
     ckpt = Path(ckpt_dir).resolve() if ckpt_dir else root / "models"
     required = [root / "metadata.json", root / "LICENSE", root / "docs" / "README.md"]
-    required += [root / "configs" / name for name in CONFIG_FILES] + [ckpt / name for name in MODEL_FILES]
+    configs = (COMMON_CONFIG, *FLATTENED_CONFIGS, *COPIED_CONFIGS)
+    required += [root / "configs" / name for name in configs] + [ckpt / name for name in MODEL_FILES]
     missing = [str(p) for p in required if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"cannot package the bundle, missing: {', '.join(missing)}")
@@ -67,7 +75,9 @@ def package_bundle(
         (staged / "models").mkdir()
         (staged / "docs").mkdir()
         shutil.copy2(root / "metadata.json", staged / "configs" / "metadata.json")
-        for name in CONFIG_FILES:
+        for name in FLATTENED_CONFIGS:
+            write_flat_config(staged / "configs" / name, name, root=root)
+        for name in COPIED_CONFIGS:
             shutil.copy2(root / "configs" / name, staged / "configs" / name)
         for name in MODEL_FILES:
             shutil.copy2(ckpt / name, staged / "models" / name)

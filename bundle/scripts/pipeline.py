@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from monai.bundle import run
 
+from bundle.configs import config_files
 from bundle.data.files import atomic_write_text
 from bundle.handlers.evaluation import format_metrics_table
 
@@ -79,7 +80,7 @@ def run_pipeline(
     if device is not None:
         overrides["device"] = _device(device)
     common = {"meta_file": str(root / "metadata.json"), "logging_file": str(configs / "logging.conf")}
-    train_config = str(configs / "train.json")
+    train_config = config_files("train.json", root=root)
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -94,7 +95,7 @@ def run_pipeline(
             run(config_file=train_config, **common, **train_overrides, run=steps)
             timings[stage] = time.perf_counter() - begin
     begin = time.perf_counter()
-    run(config_file=[train_config, str(configs / "evaluate.json")], **common, **overrides)
+    run(config_file=config_files("train.json", "evaluate.json", root=root), **common, **overrides)
     timings["evaluation"] = time.perf_counter() - begin
     timings["total"] = time.perf_counter() - start
 

@@ -15,6 +15,8 @@ from typing import Any
 from monai.bundle import ConfigParser
 from torch import nn
 
+from bundle.configs import config_files
+
 __all__ = ["BUNDLE_ROOT", "BundleConfig", "check_literal", "make_importable"]
 
 # apps/maxquery/lib/bundle_config.py -> the repository root, which is also the bundle root.
@@ -92,7 +94,7 @@ class BundleConfig:
         self.root = Path(self.root).resolve()
         for key, value in self.overrides.items():
             check_literal(value, key)
-        for name in ("metadata.json", "configs/inference.json", "configs/train.json"):
+        for name in ("metadata.json", "configs/common.json", "configs/inference.json", "configs/train.json"):
             if not (self.root / name).is_file():
                 raise FileNotFoundError(f"bundle file not found: {self.root / name}; is {self.root} the bundle root?")
         make_importable(self.root)
@@ -115,7 +117,7 @@ class BundleConfig:
         """
         parser = ConfigParser()
         parser.read_meta(str(self.root / "metadata.json"))
-        parser.read_config(str(self.root / "configs" / config_name))
+        parser.read_config(config_files(config_name, root=self.root))
         parser["bundle_root"] = str(self.root)
         for key, value in {**self.overrides, **(extra_overrides or {})}.items():
             check_literal(value, key)
