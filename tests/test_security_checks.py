@@ -1,5 +1,6 @@
 """The checks behind the MONAI Label app's security: typed request options, plain-value config overrides, the
-publication rule of trained models, model hashes in calibrations, and model backups."""
+publication rule of trained models, model hashes in calibrations, model backups, and error messages that name files
+without their server paths."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import json
 import logging
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -42,6 +46,7 @@ from lib.options import (  # noqa: E402
     parse_name_list,
 )
 from lib.trainers.maxquery import publish_decision, remove_stale_staging  # noqa: E402
+from lib.volume_checks import check_label, load_volume  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PAYLOAD = "cpu') if __import__('os').system('id > pwned.txt') else torch.device('nonexistent_dev"
@@ -299,3 +304,47 @@ def test_background_task_records_are_answered_as_json_even_while_their_worker_lo
     task["details"].append("epoch 3")  # the worker goes on with its own record
     assert snapshot["details"] == ["epoch 1", "epoch 2"] and isinstance(task["details"], deque)
     assert _task_snapshot(None) is None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# messages name files, never their server paths
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_an_unusable_model_file_is_a_runtime_error_naming_the_file_only(tmp_path: Path) -> None:
+    model = _model_files(tmp_path, 1.0, 0.5)
+    bundle = SimpleNamespace(new_network=lambda: torch.nn.Linear(3, 2))
+    store = ModelStore(bundle, model, tmp_path / "ood_calibration.json")  # type: ignore[arg-type]
+    torch.save(torch.nn.Linear(3, 2).state_dict(), model)
+    assert set(store.load_state_dict(model)) == {"weight", "bias"}
+    assert not store.network("cpu").training
+    torch.save(torch.nn.Linear(4, 2).state_dict(), model)
+    with pytest.raises(RuntimeError, match=r"model\.pt does not fit .*shape mismatches.*bundle_overrides") as other:
+        store.load_state_dict(model)
+    model.write_bytes(b"partial")
+    with pytest.raises(RuntimeError, match=r"cannot read the checkpoint model\.pt") as unreadable:
+        store.network("cpu")
+    model.unlink()
+    with pytest.raises(RuntimeError, match=r"not found: model\.pt") as missing:
+        store.load_state_dict(model)
+    for refused in (other, unreadable, missing):
+        assert str(tmp_path) not in str(refused.value)
+
+
+def test_volume_checks_name_the_upload_never_its_server_path(tmp_path: Path) -> None:
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    image = tmp_path / "image.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), affine), image)
+    thin = tmp_path / "thin.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 1), np.int16), affine), thin)
+    label = tmp_path / "label.nii.gz"
+    values = np.zeros((8, 8, 4), np.uint8)
+    values[1, 1, 1] = 2
+    nib.save(nib.Nifti1Image(values, affine), label)
+    with pytest.raises(InvalidInputError, match=r"^uploaded image 'thin' is not a 3D volume") as not_3d:
+        load_volume(str(thin), "uploaded image 'thin'")
+    with pytest.raises(InvalidInputError, match=r"^label of 'case' holds values \[2\]") as outside:
+        check_label(str(label), str(image), [0, 1], "label of 'case'")
+    for refused in (not_3d, outside):
+        assert str(tmp_path) not in str(refused.value)
+    assert check_label(str(label), str(image), [0, 1, 2], "label of 'case'") == [0, 2]

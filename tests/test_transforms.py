@@ -29,9 +29,14 @@ def test_valid_volume_passes_unchanged(tmp_path):
     assert out["image"] is item["image"] and out["label"] is item["label"]
 
 
-def test_two_dimensional_image_is_refused_with_its_file_name(tmp_path):
-    item = _load(tmp_path, np.zeros((8, 8), np.int16))
-    with pytest.raises(InvalidVolumeError, match=r"img\.nii\.gz.*3D"):
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [((8, 8), "must be a single-channel 3D volume"), ((8, 8, 1), "is not a 3D volume")],
+    ids=["two_dimensional", "one_voxel_thin"],
+)
+def test_an_image_that_is_not_3d_is_refused_with_its_file_name(tmp_path, shape, message):
+    item = _load(tmp_path, np.zeros(shape, np.int16))
+    with pytest.raises(InvalidVolumeError, match=rf"img\.nii\.gz: 'image' {message}"):
         ValidateVolumed("image")(item)
 
 
@@ -54,6 +59,28 @@ def test_non_finite_image_is_refused():
     image[0, 1, 1, 1] = float("nan")
     with pytest.raises(InvalidVolumeError, match="NaN"):
         ValidateVolumed("image")({"image": image})
+
+
+def test_given_names_replace_the_file_paths_in_messages(tmp_path):
+    label = np.zeros((8, 8, 4), np.uint8)
+    label[2, 2, 2] = 7
+    item = _load(tmp_path, np.zeros((8, 8, 4), np.int16), label)
+    names = {"image": "image of 'case_01'", "label": "label of 'case_01'"}
+    with pytest.raises(InvalidVolumeError) as refused:
+        ValidateVolumed("image", label_keys="label", allowed_labels=[0, 1], names=names)(item)
+    message = str(refused.value)
+    assert message.startswith("label of 'case_01' holds values [7]"), message
+    assert str(tmp_path) not in message and "lbl.nii.gz" not in message
+    flat = _load(tmp_path, np.zeros((8, 8), np.int16))
+    with pytest.raises(InvalidVolumeError, match=r"^image of 'case_01' must be a single-channel 3D volume"):
+        ValidateVolumed("image", names=names)(flat)
+
+
+def test_check_returns_the_values_of_each_label(tmp_path):
+    label = np.zeros((8, 8, 4), np.uint8)
+    label[2, 2, 2], label[3, 3, 3] = 3, 1
+    item = _load(tmp_path, np.zeros((8, 8, 4), np.int16), label)
+    assert ValidateVolumed("image", label_keys="label", allowed_labels=[0, 1, 3]).check(item) == {"label": [0, 1, 3]}
 
 
 def _save_and_load(tmp_path, image_affine: np.ndarray, label_affine: np.ndarray | None = None) -> dict:

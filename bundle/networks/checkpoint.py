@@ -11,10 +11,19 @@ from torch import nn
 __all__ = ["describe_mismatch", "load_weights", "read_state_dict"]
 
 
-def load_weights(network: nn.Module, path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
+def load_weights(
+    network: nn.Module, path: str | os.PathLike, device: torch.device | str = "cpu", name: str | None = None
+) -> nn.Module:
     """Load ``path`` strictly into ``network``, move it to ``device`` and put it in evaluation mode.
 
     Accepts a plain state dict or a ``{"model": state_dict}`` checkpoint (as written by MONAI's ``CheckpointSaver``).
+
+    Args:
+        network: the network to load the weights into.
+        path: the checkpoint file.
+        device: where to put the network.
+        name: how to name the file in messages (default: ``path``), e.g. its file name only where the message goes
+            to a client that must not see server paths.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -22,30 +31,40 @@ def load_weights(network: nn.Module, path: str | os.PathLike, device: torch.devi
             architecture or class count); the message names the file.
     """
     path = Path(path)
+    name = str(path) if name is None else name
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = read_state_dict(path, torch.device(device))
+        raise FileNotFoundError(f"checkpoint not found: {name}")
+    state = read_state_dict(path, torch.device(device), name=name)
+    # a file that holds no state dict (a list, a tensor) is a TypeError, weights that do not fit a RuntimeError
     try:
         network.load_state_dict(state, strict=True)
-    except RuntimeError as err:
+    except (RuntimeError, TypeError) as err:
         raise ValueError(
-            f"the checkpoint {path} does not fit the configured network: {describe_mismatch(network, state)}"
+            f"the checkpoint {name} does not fit the configured network: {describe_mismatch(network, state)}"
         ) from err
     return network.to(device).eval()
 
 
-def read_state_dict(path: str | os.PathLike, map_location: torch.device | str = "cpu") -> dict:
+def read_state_dict(path: str | os.PathLike, map_location: torch.device | str = "cpu", name: str | None = None) -> dict:
     """The weights in a checkpoint file: a plain state dict, or the ``"model"`` entry of a ``{"model": ...}``
     checkpoint (as written by MONAI's ``CheckpointSaver``).
+
+    Args:
+        path: the checkpoint file.
+        map_location: where to load the tensors.
+        name: how to name the file in messages (default: ``path``); the path is replaced by it in the reader's own
+            error text as well (``No such file or directory: '<path>'``).
 
     Raises:
         ValueError: the file cannot be read as a PyTorch checkpoint (truncated, or another format); the message
             names the file.
     """
+    name = os.fspath(path) if name is None else name
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(f"cannot read the checkpoint {path} (truncated or not a PyTorch file): {err}") from err
+        reason = str(err).replace(os.fspath(path), name)
+        raise ValueError(f"cannot read the checkpoint {name} (truncated or not a PyTorch file): {reason}") from err
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     return state

@@ -109,6 +109,8 @@ class ValidateVolumed(MapTransform):
         allowed_labels: label values a label map may contain; ``None`` skips the value check.
         spatial_dims: expected number of spatial dimensions.
         allow_missing_keys: skip keys that are absent.
+        names: how to name a key's volume in messages, instead of its file and key (:func:`source_name`), e.g. a
+            case name where the file's path must not be shown (a server's answer to a client).
     """
 
     def __init__(
@@ -118,62 +120,96 @@ class ValidateVolumed(MapTransform):
         allowed_labels: Sequence[int] | None = None,
         spatial_dims: int = 3,
         allow_missing_keys: bool = False,
+        names: Mapping[Hashable, str] | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_keys = [label_keys] if isinstance(label_keys, str) else list(label_keys)
         self.allowed_labels = None if allowed_labels is None else sorted({int(v) for v in allowed_labels})
         self.spatial_dims = spatial_dims
+        self.names = dict(names or {})
+
+    def _subject(self, data: Mapping[Hashable, object], key: Hashable) -> str:
+        """How a message names the volume of ``key``: its given name, else its file and key."""
+        if key in self.names:
+            return self.names[key]
+        role = "label " if key in self.label_keys else ""
+        return f"{source_name(data, key)}: {role}'{key}'"
 
     def _check_shape(self, data: Mapping[Hashable, object], key: Hashable) -> tuple[int, ...]:
         array = data[key]
         shape = tuple(array.shape)
         if len(shape) != self.spatial_dims + 1 or shape[0] != 1:
             raise InvalidVolumeError(
-                f"{source_name(data, key)}: '{key}' must be a single-channel {self.spatial_dims}D volume, "
+                f"{self._subject(data, key)} must be a single-channel {self.spatial_dims}D volume, "
                 f"got an array of shape {shape[1:] if len(shape) > 1 else shape} with {shape[0]} channel(s)."
             )
         if min(shape[1:]) < 2:
             raise InvalidVolumeError(
-                f"{source_name(data, key)}: '{key}' is not a volume: spatial shape {shape[1:]} has a dimension < 2."
+                f"{self._subject(data, key)} is not a {self.spatial_dims}D volume: spatial shape {shape[1:]} has a "
+                "dimension < 2."
             )
         return shape[1:]
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        """Check ``data`` and return a shallow copy of it, unchanged.
+
+        Raises:
+            InvalidVolumeError: a volume that fails a check; the message names it and the problem.
+            KeyError: a label key is missing (unless ``allow_missing_keys``).
+        """
         d = dict(data)
+        self.check(d)
+        return d
+
+    def check(self, data: Mapping[Hashable, object]) -> dict[Hashable, list[int]]:
+        """Check ``data`` (as :meth:`__call__`) and return the values each label key holds, ascending.
+
+        The values are found anyway by the checks; a caller that needs them (to store or report them) is spared a
+        second pass over the labels.
+
+        Raises:
+            InvalidVolumeError: a volume that fails a check; the message names it and the problem.
+            KeyError: a label key is missing (unless ``allow_missing_keys``).
+        """
         image_shape: tuple[int, ...] | None = None
         image_affine = None
-        for key in self.key_iterator(d):
-            image_shape = self._check_shape(d, key)
-            values = torch.as_tensor(d[key])
+        for key in self.key_iterator(data):
+            image_shape = self._check_shape(data, key)
+            values = torch.as_tensor(data[key])
             if not bool(torch.isfinite(values).all()):
-                raise InvalidVolumeError(f"{source_name(d, key)}: '{key}' contains NaN or infinite values.")
-            if isinstance(d[key], MetaTensor):
-                image_affine = d[key].affine
+                raise InvalidVolumeError(f"{self._subject(data, key)} contains NaN or infinite values.")
+            if isinstance(data[key], MetaTensor):
+                image_affine = data[key].affine
                 problem = geometry_problem(image_affine)
                 if problem:
-                    raise InvalidVolumeError(f"{source_name(d, key)}: '{key}' {problem}.")
+                    raise InvalidVolumeError(f"{self._subject(data, key)} {problem}.")
+        found: dict[Hashable, list[int]] = {}
         for key in self.label_keys:
-            if key not in d:
+            if key not in data:
                 if self.allow_missing_keys:
                     continue
-                raise KeyError(f"label key '{key}' is missing from the data item (keys: {sorted(map(str, d))}).")
-            label_shape = self._check_shape(d, key)
+                raise KeyError(f"label key '{key}' is missing from the data item (keys: {sorted(map(str, data))}).")
+            label_shape = self._check_shape(data, key)
             if image_shape is not None and label_shape != image_shape:
                 raise InvalidVolumeError(
-                    f"{source_name(d, key)}: label shape {label_shape} does not match the image shape {image_shape}."
+                    f"{self._subject(data, key)} has spatial shape {label_shape}, which does not match the image shape "
+                    f"{image_shape}; a label map must be on the image's voxel grid."
                 )
-            if image_affine is not None and isinstance(d[key], MetaTensor):
-                problem = label_geometry_problem(d[key].affine, image_affine)
+            if image_affine is not None and isinstance(data[key], MetaTensor):
+                problem = label_geometry_problem(data[key].affine, image_affine)
                 if problem:
-                    raise InvalidVolumeError(f"{source_name(d, key)}: label '{key}' {problem}.")
-            values = np.unique(np.asarray(torch.as_tensor(d[key]).detach().cpu()))
+                    raise InvalidVolumeError(f"{self._subject(data, key)} {problem}.")
+            values = np.unique(np.asarray(torch.as_tensor(data[key]).detach().cpu()))
             if not np.all(np.equal(np.mod(values, 1), 0)):
-                raise InvalidVolumeError(f"{source_name(d, key)}: label '{key}' holds non-integer values.")
+                raise InvalidVolumeError(
+                    f"{self._subject(data, key)} holds non-integer values; a label map holds class indices."
+                )
+            found[key] = sorted(int(v) for v in values)
             if self.allowed_labels is not None:
-                unexpected = sorted(set(values.astype(int).tolist()) - set(self.allowed_labels))
+                unexpected = sorted(set(found[key]) - set(self.allowed_labels))
                 if unexpected:
                     raise InvalidVolumeError(
-                        f"{source_name(d, key)}: label '{key}' holds values {unexpected} outside the dataset's "
-                        f"labels {self.allowed_labels}."
+                        f"{self._subject(data, key)} holds values {unexpected} outside the allowed labels "
+                        f"{self.allowed_labels}."
                     )
-        return d
+        return found

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from bundle.data.files import atomic_write
+from bundle.networks.checkpoint import load_weights
 from bundle.ood.calibration import (
     MODEL_HASH_KEY,
     CalibrationError,
@@ -133,36 +134,38 @@ class ModelStore:
                 return cached[0]
             if cached is not None:
                 logger.info("model file %s changed: reloading it.", path)
-            network = self.bundle.new_network()
-            network.load_state_dict(self.load_state_dict(path, device))
-            network.to(torch.device(device)).eval()
+            network = self._load_weights(path, device)
             self._networks[device] = (network, version)
             return network
 
     def load_state_dict(self, path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
-        """The weights stored in ``path`` (a bare state dict, or one under the ``"model"`` key).
+        """The weights stored in ``path`` (a bare state dict, or one under the ``"model"`` key), checked against the
+        network by loading them into a new one.
 
         Raises:
             RuntimeError: the file is not a checkpoint of this network.
         """
-        name = Path(path).name
+        return self._load_weights(path, device).state_dict()
+
+    def _load_weights(self, path: Path, device: str) -> nn.Module:
+        """A new network in eval mode on ``device`` with the weights of ``path``, loaded by the bundle's
+        :func:`~bundle.networks.checkpoint.load_weights`.
+
+        Raises:
+            RuntimeError: the file is missing, unreadable or not a checkpoint of this network; the message names the
+                file by its name only (it may reach a client) and what does not fit (missing and unexpected weights,
+                shapes).
+        """
+        # one error type for an unusable model file, whatever the bundle found: the trainer catches it to train
+        # without comparing with the current model
         try:
-            checkpoint = torch.load(path, map_location=torch.device(device), weights_only=True)
-        except Exception as error:
-            raise RuntimeError(f"cannot read model file {name}: {type(error).__name__}") from error
-        if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
-            checkpoint = checkpoint["model"]
-        if not isinstance(checkpoint, dict):
-            raise RuntimeError(f"model file {name} does not hold a state dict (got {type(checkpoint).__name__}).")
-        expected = set(self.bundle.new_network().state_dict())
-        if set(checkpoint) != expected:
-            missing, unexpected = sorted(expected - set(checkpoint)), sorted(set(checkpoint) - expected)
+            return load_weights(self.bundle.new_network(), path, torch.device(device), name=Path(path).name)
+        except FileNotFoundError as error:
+            raise RuntimeError(str(error)) from error
+        except ValueError as error:
             raise RuntimeError(
-                f"model file {name} does not match the network of configs/inference.json (with the app's "
-                f"bundle_overrides): {len(missing)} missing weight(s) {missing[:3]}, {len(unexpected)} unexpected "
-                f"weight(s) {unexpected[:3]}."
-            )
-        return checkpoint
+                f"{error} The network is the network_def of configs/inference.json with the app's bundle_overrides."
+            ) from error
 
     # -- the calibration --------------------------------------------------------------------------------------------
 

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from monai.data import MetaTensor
 from monai.transforms import EnsureChannelFirstd, LoadImaged
 from monailabel.datastore.utils.convert import binary_to_image
 from monailabel.utils.others.generic import remove_file
 
-from bundle.transforms.validation import geometry_problem, label_geometry_problem
+from bundle.transforms.validation import InvalidVolumeError, ValidateVolumed
 
 from .errors import InvalidInputError, short_error
 
@@ -49,8 +48,30 @@ def volume_extension(filename: str, allowed: Iterable[str] = VOLUME_EXTENSIONS, 
     )
 
 
+def _read_volume(path: str, what: str) -> MetaTensor:
+    """Load ``path`` as a channel-first volume, else an ``InvalidInputError`` naming ``what`` and the reason."""
+    try:
+        data = LoadImaged(keys="volume", image_only=True)({"volume": path})
+        return EnsureChannelFirstd(keys="volume")(data)["volume"]
+    except Exception as error:
+        reason = short_error(error)
+        raise InvalidInputError(f"{what}: cannot read the file as a medical image volume ({reason}).") from error
+
+
+def _validated(checks: ValidateVolumed, data: dict[str, MetaTensor]) -> dict[Hashable, list[int]]:
+    """Run the bundle's checks on ``data``; their failure is an input error of the client (HTTP 422).
+
+    ``checks`` names each volume by its ``what`` (``names``), never by the server path it was loaded from.
+    """
+    try:
+        return checks.check(data)
+    except InvalidVolumeError as error:
+        raise InvalidInputError(str(error)) from error
+
+
 def load_volume(path: str, what: str) -> MetaTensor:
-    """Load ``path`` as a channel-first volume and check it is a single-channel 3D volume with finite values.
+    """Load ``path`` as a channel-first volume and check it with the bundle's
+    :class:`~bundle.transforms.validation.ValidateVolumed`, as training and inference do.
 
     Args:
         path: the file.
@@ -60,25 +81,8 @@ def load_volume(path: str, what: str) -> MetaTensor:
         InvalidInputError: unreadable file, not 3D, several channels, a dimension below 2 voxels, NaN/inf values, a
             geometry that cannot be resampled (the bundle's :func:`~bundle.transforms.validation.geometry_problem`).
     """
-    try:
-        data = LoadImaged(keys="volume", image_only=True)({"volume": path})
-        volume = EnsureChannelFirstd(keys="volume")(data)["volume"]
-    except Exception as error:
-        reason = short_error(error)
-        raise InvalidInputError(f"{what}: cannot read the file as a medical image volume ({reason}).") from error
-    shape = tuple(volume.shape)
-    if len(shape) != 4 or shape[0] != 1:
-        spatial = shape[1:] if len(shape) > 1 else shape
-        raise InvalidInputError(
-            f"{what} is not a single-channel 3D volume: got spatial shape {spatial} with {shape[0]} channel(s)."
-        )
-    if min(shape[1:]) < 2:
-        raise InvalidInputError(f"{what} is not a 3D volume: spatial shape {shape[1:]} has a dimension below 2.")
-    if not bool(torch.isfinite(volume).all()):
-        raise InvalidInputError(f"{what} contains NaN or infinite values.")
-    problem = geometry_problem(volume.affine)
-    if problem:
-        raise InvalidInputError(f"{what} {problem}.")
+    volume = _read_volume(path, what)
+    _validated(ValidateVolumed("volume", names={"volume": what}), {"volume": volume})
     return volume
 
 
@@ -116,24 +120,13 @@ def load_checked_label(label_path: str, image_path: str, allowed_values: Iterabl
         InvalidInputError: unreadable label, not 3D, spatial shape or geometry (affine) unlike the image's,
             non-integer values or values outside ``allowed_values``.
     """
-    label = load_volume(label_path, what)
-    image = load_volume(image_path, f"{what}: its image")
-    if label.shape[1:] != image.shape[1:]:
-        raise InvalidInputError(
-            f"{what} has spatial shape {tuple(label.shape[1:])}, but its image has {tuple(image.shape[1:])}; "
-            "a label map must be on the image's voxel grid."
-        )
-    problem = label_geometry_problem(label.affine, image.affine)
-    if problem:
-        raise InvalidInputError(f"{what} {problem}.")
-    values = np.unique(np.asarray(label))
-    if not np.all(np.equal(np.mod(values, 1), 0)):
-        raise InvalidInputError(f"{what} holds non-integer values; a label map holds class indices.")
-    values = sorted(int(v) for v in values)
-    allowed = sorted({int(v) for v in allowed_values})
-    unexpected = sorted(set(values) - set(allowed))
-    if unexpected:
-        raise InvalidInputError(f"{what} holds label values {unexpected} outside the allowed values {allowed}.")
+    label = _read_volume(label_path, what)
+    image_what = f"{what}: its image"
+    image = _read_volume(image_path, image_what)
+    checks = ValidateVolumed(
+        "image", label_keys="label", allowed_labels=allowed_values, names={"image": image_what, "label": what}
+    )
+    values = _validated(checks, {"image": image, "label": label})["label"]
     return CheckedLabel(label, image, values)
 
 
