@@ -772,6 +772,7 @@ def test_the_bad_input_table_is_refused_by_name_by_the_server(tmp_path: Path, ti
             for what, response in (("upload", stored), ("inference on a sent file", sent), ("inference", found)):
                 assert response.status_code == 422, (kind, what, response.status_code, response.text)
                 assert fragment in response.json()["detail"], (kind, what, response.json()["detail"])
+                assert str(tmp_path) not in response.text, f"{what} of {kind}: the answer shows a server path"
             assert not (studies / f"up_{kind}.nii.gz").exists()
         for kind, fragment in BAD_LABELS.items():
             bad = write_bad_label(kind, tmp_path / "labels" / f"{kind}.nii.gz", label, volume_affine())

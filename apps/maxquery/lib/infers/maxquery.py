@@ -18,6 +18,7 @@ from monailabel.utils.others.generic import device_list
 from torch import nn
 
 from bundle.ood import MarkSuspectedOODd, OODThresholds
+from bundle.transforms import InvalidVolumeError
 
 from ..bundle_config import BundleConfig
 from ..errors import InvalidInputError, ModelNotFoundError, short_error
@@ -141,11 +142,19 @@ class MaxQueryInferTask(BasicInferTask):
             data = dict(data)
             data[INPUT_PATH_KEY] = data.pop("image_path")
         load_end = next((i + 1 for i, t in enumerate(transforms) if isinstance(t, LoadImaged)), 0)
+        source = data.get("image")
+
+        def without_path(message: str) -> str:  # readers and the bundle's checks name the file by its server path
+            return message.replace(source, Path(source).name) if isinstance(source, str) and source else message
+
         try:
             data = super().run_pre_transforms(data, transforms[:load_end])
         except Exception as error:
-            raise InvalidInputError(f"cannot load image: {short_error(error)}") from error
-        return super().run_pre_transforms(data, transforms[load_end:])
+            raise InvalidInputError(without_path(f"cannot load image: {short_error(error)}")) from error
+        try:
+            return super().run_pre_transforms(data, transforms[load_end:])
+        except InvalidVolumeError as error:
+            raise InvalidInputError(without_path(str(error))) from error
 
     def inferer(self, data: dict | None = None) -> Callable:
         """The bundle's ``inferer`` (sliding window over the config's patch size)."""
