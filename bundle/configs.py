@@ -50,6 +50,25 @@ def flatten_configs(*names: str, root: str | os.PathLike = ".") -> dict[str, Any
     return ConfigParser.load_config_files(config_files(*names, root=root))
 
 
-def write_flat_config(path: str | os.PathLike, *names: str, root: str | os.PathLike = ".") -> None:
-    """Write :func:`flatten_configs` of ``names`` to ``path`` as JSON."""
-    Path(path).write_text(json.dumps(flatten_configs(*names, root=root), indent=4) + "\n")
+def write_flat_config(
+    path: str | os.PathLike, *names: str, root: str | os.PathLike = ".", meta_file: str | os.PathLike | None = None
+) -> None:
+    """Write :func:`flatten_configs` of ``names`` to ``path`` as JSON.
+
+    Args:
+        path: the file to write.
+        names: the configs, as for :func:`config_files`.
+        root: the bundle root.
+        meta_file: with a metadata file, top-level entries computed from it (``@_meta_...``, e.g. ``num_classes``
+            from the output channels) are written as their values, so that the file also works where a config is
+            parsed without its metadata (MONAI Label's ``BundleInferTask`` does so).
+    """
+    config = flatten_configs(*names, root=root)
+    if meta_file is not None:
+        from_meta = [key for key, value in config.items() if isinstance(value, str) and "@_meta_" in value]
+        if from_meta:
+            parser = ConfigParser(config)
+            parser.read_meta(str(meta_file))
+            for key in from_meta:
+                config[key] = parser.get_parsed_content(key)
+    Path(path).write_text(json.dumps(config, indent=4) + "\n")

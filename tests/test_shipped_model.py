@@ -17,6 +17,8 @@ def test_shipped_checkpoints_load_strictly_into_the_packaged_inference_config(re
 
     packaged, _ = package_bundle(repo_root, tmp_path / "dist")
     assert not (packaged / "configs" / "common.json").exists(), "the package's configs must stand alone"
+    flat = json.loads((packaged / "configs" / "inference.json").read_text())
+    assert flat["num_classes"] == 4, "parsers that skip the metadata (MONAI Label's BundleInferTask) need the count"
     parser = ConfigParser()
     parser.read_config(str(packaged / "configs" / "inference.json"))
     parser.read_meta(str(packaged / "configs" / "metadata.json"))

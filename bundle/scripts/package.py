@@ -76,7 +76,7 @@ def package_bundle(
         (staged / "docs").mkdir()
         shutil.copy2(root / "metadata.json", staged / "configs" / "metadata.json")
         for name in FLATTENED_CONFIGS:
-            write_flat_config(staged / "configs" / name, name, root=root)
+            write_flat_config(staged / "configs" / name, name, root=root, meta_file=root / "metadata.json")
         for name in COPIED_CONFIGS:
             shutil.copy2(root / "configs" / name, staged / "configs" / name)
         for name in MODEL_FILES:
