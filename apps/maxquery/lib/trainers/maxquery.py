@@ -19,6 +19,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.generic import device_list
 
+from bundle.handlers.naming import strip_image_suffix
 from bundle.ood.calibration import MODEL_HASH_KEY, check_model_hash, file_sha256, save_calibration
 
 from ..app_settings import MAX_EPOCHS_LIMIT
@@ -140,14 +141,6 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _case_id(case: dict) -> str:
-    name = os.path.basename(case["image"])
-    for extension in (".nii.gz", ".nii", ".nrrd"):
-        if name.endswith(extension):
-            return name[: -len(extension)]
-    return name
-
-
 class MaxQueryTrainer(TrainTask):
     """Fine-tune the MaxQuery bundle (``configs/train.json``, in-process) from the datastore's final labels.
 
@@ -263,7 +256,7 @@ class MaxQueryTrainer(TrainTask):
         cases, excluded = [], {}
         for item in datastore.datalist():
             case = {"image": item["image"], "label": item["label"]}
-            case_id = _case_id(case)
+            case_id = strip_image_suffix(Path(case["image"]).name)
             try:
                 check_label(case["label"], case["image"], inlier_values, f"final label of '{case_id}'")
             except InvalidInputError as error:
@@ -295,8 +288,8 @@ class MaxQueryTrainer(TrainTask):
             shutil.rmtree(staging, ignore_errors=True)
         summary.update(
             {
-                "train_cases": sorted(_case_id(c) for c in train_cases),
-                "val_cases": sorted(_case_id(c) for c in val_cases),
+                "train_cases": sorted(strip_image_suffix(Path(c["image"]).name) for c in train_cases),
+                "val_cases": sorted(strip_image_suffix(Path(c["image"]).name) for c in val_cases),
                 "excluded_cases": excluded,
                 "max_epochs": options["max_epochs"],
                 "learning_rate": options["learning_rate"],
