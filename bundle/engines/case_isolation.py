@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 def error_case_name(item: dict, image_key: str = "image") -> str:
     """The case name of a datalist entry (its image file name without the extension)."""
     source = item.get(image_key) if isinstance(item, dict) else None
-    return strip_image_suffix(Path(str(source)).name) if isinstance(source, str | Path) else str(source)
+    return strip_image_suffix(source) if isinstance(source, str | Path) else str(source)
 
 
 def _message(error: BaseException) -> str:
@@ -114,7 +114,7 @@ class CaseIsolatingEvaluator(SupervisedEvaluator):
         source = meta.get("filename_or_obj")
         if source is None:
             return "unknown"
-        return strip_image_suffix(Path(str(_first(source))).name)
+        return strip_image_suffix(str(_first(source)))
 
 
 def _first(value):

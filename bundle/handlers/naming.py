@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,12 +21,13 @@ def case_name(item: Mapping, batch_item: Mapping | None = None, keys: tuple[str,
         for key in keys:
             value = source.get(key)
             if isinstance(value, MetaTensor) and value.meta.get("filename_or_obj"):
-                return strip_image_suffix(Path(str(value.meta["filename_or_obj"])).name)
+                return strip_image_suffix(str(value.meta["filename_or_obj"]))
     raise KeyError(f"cannot name the case: none of {keys} carries 'filename_or_obj' metadata.")
 
 
-def strip_image_suffix(name: str) -> str:
-    """``case_01.nii.gz`` -> ``case_01``."""
+def strip_image_suffix(name: str | os.PathLike) -> str:
+    """The case name of an image file name or path: ``/data/case_01.nii.gz`` -> ``case_01``."""
+    name = Path(name).name
     for suffix in _IMAGE_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]

@@ -44,7 +44,7 @@ class UploadResult:
 
 def upload_volume(client: DICOMwebClient, path: str | Path, patient_id: str | None = None) -> UploadResult:
     """Convert one volume to a CT series and STOW it; errors are returned in the result, not raised."""
-    case = strip_image_suffix(Path(path).name)
+    case = strip_image_suffix(path)
     patient_id = patient_id or case
     with tempfile.TemporaryDirectory() as tmp:
         try:

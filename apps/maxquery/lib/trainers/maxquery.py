@@ -256,7 +256,7 @@ class MaxQueryTrainer(TrainTask):
         cases, excluded = [], {}
         for item in datastore.datalist():
             case = {"image": item["image"], "label": item["label"]}
-            case_id = strip_image_suffix(Path(case["image"]).name)
+            case_id = strip_image_suffix(case["image"])
             try:
                 check_label(case["label"], case["image"], inlier_values, f"final label of '{case_id}'")
             except InvalidInputError as error:
@@ -288,8 +288,8 @@ class MaxQueryTrainer(TrainTask):
             shutil.rmtree(staging, ignore_errors=True)
         summary.update(
             {
-                "train_cases": sorted(strip_image_suffix(Path(c["image"]).name) for c in train_cases),
-                "val_cases": sorted(strip_image_suffix(Path(c["image"]).name) for c in val_cases),
+                "train_cases": sorted(strip_image_suffix(c["image"]) for c in train_cases),
+                "val_cases": sorted(strip_image_suffix(c["image"]) for c in val_cases),
                 "excluded_cases": excluded,
                 "max_epochs": options["max_epochs"],
                 "learning_rate": options["learning_rate"],
