@@ -54,6 +54,32 @@ def test_evaluation_scores_a_perfect_maxquery_map_as_perfect(tmp_path):
     assert np.load(tmp_path / "roi_scores.npz")["is_ood"].sum() == 16
 
 
+def test_smoothing_changes_the_pixel_scores_of_every_method_but_not_the_case_scores(tmp_path):
+    cases = [_case("in_a", False, 0.0), _case("ood_a", True, 5.0)]
+    gen = torch.Generator().manual_seed(0)
+    for item, _ in cases:
+        probs = item["pred"].as_tensor() + 0.2 * torch.rand(item["pred"].shape, generator=gen)  # uneven confidence
+        probs = probs / probs.sum(0, keepdim=True)
+        item["pred"] = MetaTensor(probs, affine=torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0])))
+    results = {}
+    for sigma in (0.0, 2.0):
+        out = tmp_path / f"sigma_{sigma}"
+        handler = OODEvaluationHandler(
+            str(out), CLASSES, ood_labels=[4], roi_margin_voxels=1, save_scores=True, smoothing_sigma_mm=sigma
+        )
+        _run(cases, handler._reset, handler._collect, handler._finish)
+        results[sigma] = (
+            json.loads((out / "metrics.json").read_text()),
+            list(csv.DictReader((out / "per_case.csv").open())),
+            np.load(out / "roi_scores.npz"),
+        )
+    (_, raw_rows, raw_scores), (metrics, rows, scores) = results[0.0], results[2.0]
+    assert metrics["settings"]["smoothing_sigma_mm"] == 2.0
+    for method in ("maxquery", "msp", "entropy"):
+        assert not np.allclose(raw_scores[method], scores[method]), f"{method} was not smoothed"
+        assert [r[f"score_{method}"] for r in rows] == [r[f"score_{method}"] for r in raw_rows]
+
+
 @pytest.fixture
 def score_registry():
     """The score registry, restored after the test (registering is global)."""

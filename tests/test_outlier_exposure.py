@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.data import MetaTensor
+from scipy import ndimage
 
 from bundle.losses import MaxQueryCriterion, MaxQueryMarginLoss
 from bundle.transforms import RandAlteredLesiond, RandForeignTissueAnomalyd
@@ -170,3 +171,51 @@ def test_valid_mask_leaves_voxels_out_of_dice_and_cross_entropy():
     garbage = target.clone()
     garbage[~valid] = (garbage[~valid] + 1) % 3
     torch.testing.assert_close(dice_ce_from_probs(probs, garbage, valid=valid), masked)
+
+
+def _large_tumour_patch() -> dict:
+    data = _patch()
+    label = torch.zeros(1, 32, 32, 16)
+    label[0, 6:28, 6:28, 2:14] = 1
+    label[0, 10:22, 10:22, 4:12] = 3
+    data["label"] = MetaTensor(label)
+    return data
+
+
+def test_structure_only_alteration_keeps_the_lesions_own_level_and_labels_all_of_it():
+    data = _large_tumour_patch()
+    tumour = data["label"][0] == 3
+    transform = RandAlteredLesiond(keys="image", prob=1.0, structure_only_prob=1.0, spacing=(2.0, 2.0, 3.0))
+    for seed in range(10):
+        transform.set_random_state(seed)
+        out = transform(dict(data))
+        assert torch.equal(out["label"][0] == 255, tumour), "the whole lesion is the outlier, not only its structure"
+        change = (out["image"] - data["image"])[0]
+        assert change[tumour].abs().max() > 0.04, "something no inlier shows was added"
+        # neither the contrast nor the texture changed: most of the lesion keeps its own intensities
+        assert (change[tumour].abs() < 0.02).float().mean() > 0.3
+
+
+def test_shell_lies_along_the_lesions_outline():
+    data = _large_tumour_patch()
+    tumour = (data["label"][0] == 3).numpy()
+    depth = ndimage.distance_transform_edt(tumour, sampling=(2.0, 2.0, 3.0))
+    transform = RandAlteredLesiond(
+        keys="image",
+        prob=1.0,
+        structure_only_prob=1.0,
+        spacing=(2.0, 2.0, 3.0),
+        blob_count=(0, 0),
+        foci_count=(0, 0),
+        rim_thickness_mm=(2.0, 2.0),
+        rim_continuity=(1.0, 1.0),
+    )
+    shells = 0
+    for seed in range(10):
+        transform.set_random_state(seed)
+        change = (transform(dict(data))["image"] - data["image"])[0].abs().numpy()
+        assert change[depth > 6.0].max() < 1e-3, "the core of the lesion is untouched"
+        if change.max() > 1e-3:
+            shells += 1
+            assert change[(depth > 0) & (depth <= 2.0)].mean() > 0.02
+    assert shells >= 3, "a shell is drawn in about half of the alterations"

@@ -27,6 +27,7 @@ from bundle.handlers.naming import case_name
 from bundle.metrics.ood import case_auroc, pixel_ood_metrics, roi_mask
 from bundle.ood.case_score import case_ood_score
 from bundle.ood.scores import SCORES, OODScore, class_inputs
+from bundle.ood.smoothing import grid_spacing, smooth_score_map
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
@@ -44,9 +45,10 @@ PROTOCOL = {
     "pixel_ood": "voxels pooled over all evaluated cases (test + test_ood) inside the ROI = ground-truth organ and "
     "lesions (inlier and OOD) dilated by roi_margin_voxels; positives are OOD-lesion voxels; AUROC and AUPR "
     "(average precision, OOD positive) from scikit-learn, ties count half in AUROC; FPR95 = false-positive rate at "
-    "the first threshold reaching 95% true-positive rate",
-    "case_ood": "case score = mean of the top top_k_fraction voxel scores inside the predicted foreground "
-    "(organ + tumours); AUROC of test_ood cases (positive) against test cases",
+    "the first threshold reaching 95% true-positive rate; every score's voxel map is first smoothed with a Gaussian of "
+    "smoothing_sigma_mm millimetres (0 = not smoothed)",
+    "case_ood": "case score = mean of the top top_k_fraction voxel scores (of the unsmoothed map) inside the "
+    "predicted foreground (organ + tumours); AUROC of test_ood cases (positive) against test cases",
 }
 
 
@@ -67,6 +69,9 @@ class OODEvaluationHandler:
         ood_labels: label values that mark OOD lesions.
         roi_margin_voxels: dilation of the ground-truth foreground defining the ROI.
         top_k_fraction: fraction of foreground voxels averaged into a case score.
+        smoothing_sigma_mm: every score's voxel map is smoothed with a Gaussian of this many millimetres
+            (:func:`bundle.ood.smooth_score_map`; spacing from the class output's affine) before the pixel metrics, as
+            the inference smooths its OOD map; case scores use the unsmoothed maps. 0 turns smoothing off.
         input_type: what the class output is, ``"probabilities"`` (mask transformer Z) or ``"logits"`` (per-voxel
             head, or the mask transformer's ``eval_output="logits"``); the other is derived from it
             (:func:`bundle.ood.scores.class_inputs`).
@@ -93,6 +98,7 @@ class OODEvaluationHandler:
         ood_labels: Sequence[int],
         roi_margin_voxels: int = 3,
         top_k_fraction: float = 0.01,
+        smoothing_sigma_mm: float = 0.0,
         input_type: str = "probabilities",
         anomaly_key: str | None = "ood",
         methods: Sequence[str] | None = None,
@@ -112,6 +118,9 @@ class OODEvaluationHandler:
         self.ood_labels = sorted(int(v) for v in ood_labels)
         self.roi_margin_voxels = roi_margin_voxels
         self.top_k_fraction = top_k_fraction
+        if smoothing_sigma_mm < 0:
+            raise ValueError(f"smoothing_sigma_mm must be >= 0, got {smoothing_sigma_mm}.")
+        self.smoothing_sigma_mm = float(smoothing_sigma_mm)
         self.input_type = input_type
         self.anomaly_key = anomaly_key
         self.affinity_key = affinity_key
@@ -188,10 +197,13 @@ class OODEvaluationHandler:
 
             roi = torch.as_tensor(roi_mask(label.numpy(), self.ood_labels, self.roi_margin_voxels), dtype=torch.bool)
             foreground = pred_label > 0
+            spacing = grid_spacing(pred, self.pred_key) if self.smoothing_sigma_mm else None
             for method, values in self._maps(item).items():
                 values = values.cpu()
-                self.roi_scores[method].append(values[roi].numpy().astype(np.float32))
                 record[f"score_{method}"] = case_ood_score(values, foreground, top_k_fraction=self.top_k_fraction)
+                if spacing is not None:
+                    values = smooth_score_map(values, spacing, self.smoothing_sigma_mm)
+                self.roi_scores[method].append(values[roi].numpy().astype(np.float32))
             self.roi_is_ood.append(is_ood_voxel[roi].numpy())
             self.roi_sizes.append(int(roi.sum()))
             self.cases.append(record)
@@ -223,6 +235,7 @@ class OODEvaluationHandler:
             "settings": {
                 "roi_margin_voxels": self.roi_margin_voxels,
                 "top_k_fraction": self.top_k_fraction,
+                "smoothing_sigma_mm": self.smoothing_sigma_mm,
                 "ood_labels": self.ood_labels,
                 "input_type": self.input_type,
             },

@@ -1,5 +1,5 @@
 """Out-of-distribution scoring: the registry of voxel scores (each declares the network output it consumes),
-dictionary transforms, case scores, threshold calibration and suspected-OOD marking."""
+dictionary transforms, map smoothing, case scores, threshold calibration and suspected-OOD marking."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from .scores import (
     rba,
     register_score,
 )
+from .smoothing import SmoothOODMapd, grid_spacing, smooth_score_map
 from .suspected import MarkSuspectedOODd
 from .transforms import OODScored, SplitPredictiond
 
@@ -41,6 +42,7 @@ __all__ = [
     "OODScore",
     "OODScored",
     "OODThresholds",
+    "SmoothOODMapd",
     "SplitPredictiond",
     "calibrate_threshold",
     "calibrated_thresholds",
@@ -50,6 +52,7 @@ __all__ = [
     "energy",
     "entropy",
     "foreground_from_prediction",
+    "grid_spacing",
     "load_calibration",
     "max_logit",
     "maxquery",
@@ -58,4 +61,5 @@ __all__ = [
     "rba",
     "register_score",
     "save_calibration",
+    "smooth_score_map",
 ]

@@ -10,13 +10,20 @@ nothing of the phantom's lesion vocabulary, is used):
 - its contrast to the organ is reversed or exaggerated (``contrast_factor``);
 - structure is added inside it: a few smooth blobs of random size and of random sign and strength
   (``blob_count``, ``blob_sigma_mm``, ``blob_amplitude``);
-- its texture is replaced by correlated noise of another grain and strength (``texture_amplitude``).
+- its texture is replaced by correlated noise of another grain and strength (``texture_amplitude``);
+- a shell is drawn inside its outline, whole or broken, brighter or darker than the lesion (``rim_thickness_mm``,
+  ``rim_amplitude``, ``rim_continuity``): a capsule or a peripheral ring;
+- small, dense foci are scattered inside it (``foci_count``, ``foci_radius_mm``, ``foci_amplitude``).
 
-The contrast or the texture (or both) always change, so that no part of the lesion keeps an inlier look, and
-structure is added with probability one half. A patch without an inlier tumour gets a lobulated blob in the organ
-instead, given a new texture and added structure (never a plain shift, which would make a pdac- or pnet-like
-lesion). The altered voxels get ``anomaly_label``: no inlier class,
-left out of the segmentation losses and pushed from every cluster centre by the MaxQuery margin loss.
+Blobs, shells and foci are "structure". Usually the contrast or the texture (or both) change, so that no part of
+the lesion keeps an inlier look, and structure is added with probability one half. With probability
+``structure_only_prob`` the lesion instead keeps its own contrast and texture and only gains structure: an unseen
+type can share a known type's enhancement and differ in what lies inside it (a necrotic centre in a hyperenhancing
+mass, calcified foci in a hypoattenuating one), and the network must then judge the lesion as a whole, since the
+whole lesion is labelled. A patch without an inlier tumour gets a lobulated blob in the organ instead, given a new
+texture and added structure (never a plain shift, which would make a pdac- or pnet-like lesion). The altered voxels
+get ``anomaly_label``: no inlier class, left out of the segmentation losses and pushed from every cluster centre by
+the MaxQuery margin loss.
 """
 
 from __future__ import annotations
@@ -51,6 +58,14 @@ class RandAlteredLesiond(SyntheticAnomalyTransform):
         blob_amplitude: range of the blobs' absolute strength, in image units (0.1 is 50 HU with the default
             window); the sign is random.
         texture_amplitude: range of the strength of the replaced texture, in image units.
+        rim_thickness_mm: range of the thickness of the shell drawn inside the lesion's outline.
+        rim_amplitude: range of the shell's absolute strength, in image units; the sign is random.
+        rim_continuity: range of the fraction of the outline the shell covers (1 = a closed capsule).
+        foci_count: range of the number of dense foci.
+        foci_radius_mm: range of the foci's radius.
+        foci_amplitude: range of the foci's strength (added, bright), in image units.
+        structure_only_prob: probability that an inlier tumour keeps its contrast and texture and only gains
+            structure (blobs, a shell or foci); 0 always changes its contrast or texture.
         lesion_radius_mm: range of the radius of the blob made in a patch without an inlier tumour.
         min_voxels: tumours (or organs, for a made blob) with fewer voxels in the patch are left alone.
         allow_missing_keys: do not raise on missing keys.
@@ -70,6 +85,13 @@ class RandAlteredLesiond(SyntheticAnomalyTransform):
         blob_sigma_mm: Sequence[float] = (1.5, 4.0),
         blob_amplitude: Sequence[float] = (0.08, 0.4),
         texture_amplitude: Sequence[float] = (0.03, 0.1),
+        rim_thickness_mm: Sequence[float] = (1.5, 4.0),
+        rim_amplitude: Sequence[float] = (0.05, 0.2),
+        rim_continuity: Sequence[float] = (0.3, 1.0),
+        foci_count: Sequence[int] = (1, 4),
+        foci_radius_mm: Sequence[float] = (1.0, 2.5),
+        foci_amplitude: Sequence[float] = (0.2, 0.8),
+        structure_only_prob: float = 0.0,
         lesion_radius_mm: Sequence[float] = (5.0, 14.0),
         min_voxels: int = 8,
         allow_missing_keys: bool = False,
@@ -84,6 +106,15 @@ class RandAlteredLesiond(SyntheticAnomalyTransform):
         self.blob_sigma_mm = tuple(float(v) for v in blob_sigma_mm)
         self.blob_amplitude = tuple(float(v) for v in blob_amplitude)
         self.texture_amplitude = tuple(float(v) for v in texture_amplitude)
+        self.rim_thickness_mm = tuple(float(v) for v in rim_thickness_mm)
+        self.rim_amplitude = tuple(float(v) for v in rim_amplitude)
+        self.rim_continuity = tuple(float(v) for v in rim_continuity)
+        self.foci_count = (int(foci_count[0]), int(foci_count[1]))
+        self.foci_radius_mm = tuple(float(v) for v in foci_radius_mm)
+        self.foci_amplitude = tuple(float(v) for v in foci_amplitude)
+        if not 0.0 <= structure_only_prob <= 1.0:
+            raise ValueError(f"structure_only_prob must lie in [0, 1], got {structure_only_prob}.")
+        self.structure_only_prob = float(structure_only_prob)
         self.lesion_radius_mm = tuple(float(v) for v in lesion_radius_mm)
         self.min_voxels = int(min_voxels)
 
@@ -97,7 +128,7 @@ class RandAlteredLesiond(SyntheticAnomalyTransform):
         lesion = (q < 1.0) & organ
         return lesion if lesion.sum() >= self.min_voxels else None
 
-    def _structure(self, lesion: np.ndarray) -> np.ndarray:
+    def _blobs(self, lesion: np.ndarray) -> np.ndarray:
         """Smooth blobs of random sign and strength centred inside the lesion."""
         added = np.zeros(lesion.shape, dtype=np.float32)
         inside = np.argwhere(lesion)
@@ -108,6 +139,48 @@ class RandAlteredLesiond(SyntheticAnomalyTransform):
             bump = np.exp(-0.5 * sum(o * o for o in np.meshgrid(*offsets, indexing="ij")))
             amplitude = self.R.uniform(*self.blob_amplitude) * self.R.choice([-1.0, 1.0])
             added += (amplitude * bump).astype(np.float32)
+        return added
+
+    def _rim(self, lesion: np.ndarray) -> np.ndarray:
+        """A shell inside the lesion's outline, covering a random fraction of it, of random sign."""
+        spacing = self.spacing[: lesion.ndim]
+        depth = ndimage.distance_transform_edt(lesion, sampling=spacing)
+        # the outermost voxel layer lies one voxel deep: half the coarsest spacing keeps it in however thin a shell
+        shell = lesion & (depth <= self.R.uniform(*self.rim_thickness_mm) + 0.5 * max(spacing))
+        continuity = self.R.uniform(*self.rim_continuity)
+        if continuity < 1.0 and shell.any():
+            # a smooth random field thresholded at its quantile keeps whole arcs of the shell, not scattered voxels
+            field = self.smooth_noise(lesion.shape, 4.0 / spacing)
+            shell &= field >= np.quantile(field[shell], 1.0 - continuity)
+        amplitude = self.R.uniform(*self.rim_amplitude) * self.R.choice([-1.0, 1.0])
+        return (amplitude * ndimage.gaussian_filter(shell.astype(np.float32), 0.5)).astype(np.float32)
+
+    def _foci(self, lesion: np.ndarray) -> np.ndarray:
+        """Small dense foci at random points of the lesion."""
+        added = np.zeros(lesion.shape, dtype=np.float32)
+        inside = np.argwhere(lesion)
+        for _ in range(self.R.randint(self.foci_count[0], self.foci_count[1] + 1)):
+            centre = inside[self.R.randint(len(inside))]
+            radius = self.R.uniform(*self.foci_radius_mm)
+            offsets = [
+                (np.arange(n) - c) * sp
+                for n, c, sp in zip(lesion.shape, centre, self.spacing[: lesion.ndim], strict=True)
+            ]
+            distance = np.sqrt(sum(o * o for o in np.meshgrid(*offsets, indexing="ij")))
+            # at least the centre voxel is dense, however coarse the grid
+            focus = np.clip(1.5 - distance / max(radius, 1e-3), 0.0, 1.0)
+            added = np.maximum(added, (self.R.uniform(*self.foci_amplitude) * focus).astype(np.float32))
+        return added
+
+    def _structure(self, lesion: np.ndarray) -> np.ndarray:
+        """Blobs, a shell or foci (a non-empty random subset of the three) added inside the lesion."""
+        kinds = self.R.uniform(size=3) < 0.5
+        if not kinds.any():
+            kinds[self.R.randint(3)] = True
+        added = np.zeros(lesion.shape, dtype=np.float32)
+        for make, chosen in zip((self._blobs, self._rim, self._foci), kinds, strict=True):
+            if chosen:
+                added += make(lesion)
         return added
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
@@ -133,11 +206,14 @@ class RandAlteredLesiond(SyntheticAnomalyTransform):
             if lesion is None:
                 return d
             made = True
-        # the whole lesion must look altered (a part left as it was would teach that inlier tissue is an outlier):
-        # the contrast or the texture (or both) always change; a made lesion gets a new texture and structure
+        # ops: (contrast, structure, texture). A made lesion gets a new texture and structure; an inlier tumour
+        # either only gains structure, or has its contrast or its texture (or both) changed, so that no part of
+        # it keeps an inlier look without something inside it that no inlier type shows
         ops = self.R.uniform(size=3) < 0.5
         if made:
             ops[1] = ops[2] = True
+        elif self.R.uniform() < self.structure_only_prob:
+            ops[:] = (False, True, False)
         elif not (ops[0] or ops[2]):
             ops[2 * self.R.randint(2)] = True
         low, high = self.contrast_factor[self.R.randint(len(self.contrast_factor))]
