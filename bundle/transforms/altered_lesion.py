@@ -128,15 +128,19 @@ class RandAlteredLesiond(SyntheticAnomalyTransform):
         lesion = (q < 1.0) & organ
         return lesion if lesion.sum() >= self.min_voxels else None
 
+    def _distance_mm(self, shape: tuple[int, ...], centre: np.ndarray) -> np.ndarray:
+        """Physical distance (mm) of every voxel of a patch from ``centre``."""
+        offsets = [(np.arange(n) - c) * sp for n, c, sp in zip(shape, centre, self.spacing[: len(shape)], strict=True)]
+        return np.sqrt(sum(o * o for o in np.meshgrid(*offsets, indexing="ij")))
+
     def _blobs(self, lesion: np.ndarray) -> np.ndarray:
         """Smooth blobs of random sign and strength centred inside the lesion."""
         added = np.zeros(lesion.shape, dtype=np.float32)
         inside = np.argwhere(lesion)
         for _ in range(self.R.randint(self.blob_count[0], self.blob_count[1] + 1)):
             centre = inside[self.R.randint(len(inside))]
-            sigma = self.R.uniform(*self.blob_sigma_mm) / self.spacing[: lesion.ndim]
-            offsets = [(np.arange(n) - c) / s for n, c, s in zip(lesion.shape, centre, sigma, strict=True)]
-            bump = np.exp(-0.5 * sum(o * o for o in np.meshgrid(*offsets, indexing="ij")))
+            sigma = self.R.uniform(*self.blob_sigma_mm)
+            bump = np.exp(-0.5 * (self._distance_mm(lesion.shape, centre) / sigma) ** 2)
             amplitude = self.R.uniform(*self.blob_amplitude) * self.R.choice([-1.0, 1.0])
             added += (amplitude * bump).astype(np.float32)
         return added
@@ -162,13 +166,8 @@ class RandAlteredLesiond(SyntheticAnomalyTransform):
         for _ in range(self.R.randint(self.foci_count[0], self.foci_count[1] + 1)):
             centre = inside[self.R.randint(len(inside))]
             radius = self.R.uniform(*self.foci_radius_mm)
-            offsets = [
-                (np.arange(n) - c) * sp
-                for n, c, sp in zip(lesion.shape, centre, self.spacing[: lesion.ndim], strict=True)
-            ]
-            distance = np.sqrt(sum(o * o for o in np.meshgrid(*offsets, indexing="ij")))
             # at least the centre voxel is dense, however coarse the grid
-            focus = np.clip(1.5 - distance / max(radius, 1e-3), 0.0, 1.0)
+            focus = np.clip(1.5 - self._distance_mm(lesion.shape, centre) / max(radius, 1e-3), 0.0, 1.0)
             added = np.maximum(added, (self.R.uniform(*self.foci_amplitude) * focus).astype(np.float32))
         return added
 
