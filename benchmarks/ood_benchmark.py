@@ -341,6 +341,13 @@ def markdown(report: dict) -> str:
         dice = " | ".join(with_interval(result["metrics"]["dice"][c], intervals.get(c)) for c in report["classes"])
         timings = result["timings"]
         lines.append(f"| {name} | {dice} | {timings.get('train_s', 'cached')} | {timings.get('evaluate_s', '-')} |")
+        if "dice_argmax" in result["metrics"]:
+            # the segmentation before the calibrated hysteresis (per_case.csv: dice_argmax_<class>)
+            plain = " | ".join(
+                with_interval(result["metrics"]["dice_argmax"][c], intervals.get(f"argmax_{c}"))
+                for c in report["classes"]
+            )
+            lines.append(f"| {name}, plain argmax | {plain} | | |")
     lines.append("\nTargets for c with MaxQuery (met?):")
     for key, (value, met) in report["targets"].items():
         lines.append(f"- {key}: {value:.3f} ({'yes' if met else 'no'})")

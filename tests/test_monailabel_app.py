@@ -309,9 +309,14 @@ def test_the_command_line_and_the_server_give_the_same_label_map(studies: Path, 
         assert (plain > 0).any(), "the random test model should predict some foreground"
         median = float(np.median(anomaly[plain > 0]))
         calibration = {"threshold": 0.0, "voxel_threshold": median, "model_sha256": file_sha256(model)}
+        calibration["hysteresis_offsets"] = {"2": 4.0, "3": 4.0}
         (model.parent / "ood_calibration.json").write_text(json.dumps(calibration))
+        grown, _, _ = infer(client, tmp_path, "case_b", ood_voxel_threshold=1e9)
         served, _, params = infer(client, tmp_path, "case_b")
     assert 0 < int((served == OOD_LABEL_VALUE).sum()) < int((served > 0).sum())
+    # the served model's calibration is read per request: its offsets grow the tumours found before
+    assert np.isin(grown, [2, 3]).sum() > np.isin(plain, [2, 3]).sum() > 0
+    assert (grown[np.isin(plain, [2, 3])] == plain[np.isin(plain, [2, 3])]).all()
 
     out = tmp_path / "cli"
     cmd = [sys.executable, "-m", "monai.bundle", "run"]
@@ -670,6 +675,7 @@ def test_forced_training_publishes_recalibrates_and_keeps_a_backup(tmp_path: Pat
             assert stored["threshold"] == pytest.approx(summary["calibration"]["threshold"])
             assert stored["voxel_threshold"] == pytest.approx(summary["calibration"]["voxel_threshold"])
             assert stored["model_sha256"] == file_sha256(model_path), "the calibration names its model"
+            assert set(stored["hysteresis_offsets"]) == {"2", "3"}, "the tumour classes' offsets are refitted"
         else:
             assert not calibration_path.exists(), "a calibration of the previous model must not be kept"
 

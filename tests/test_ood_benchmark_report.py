@@ -67,3 +67,20 @@ def test_a_model_left_out_is_taken_from_an_earlier_report_and_marked(tmp_path):
         "targets": {},
     }
     assert f"a_dynunet: the figures of `{earlier}` (not re-evaluated in this run)." in markdown(report)
+
+
+def test_markdown_shows_the_plain_argmax_dice_beside_the_delivered_segmentation():
+    grown = model({"maxquery": (0.9, 0.5, 0.2)}, {"maxquery": 0.8}, {"train_s": 2.0})
+    grown["metrics"]["dice_argmax"] = {"pancreas": 0.85, "pdac": 0.05}
+    report = {
+        "machine": "CPU Y",
+        "seeds": {},
+        "settings": {},
+        "classes": ["pancreas", "pdac"],
+        "models": {"c_mask_transformer_qd": grown, "a_dynunet": RESULTS["a_dynunet"]},
+        "targets": {},
+    }
+    text = markdown(report)
+    assert "| c_mask_transformer_qd | 0.800 | 0.100 | 2.0 | - |" in text
+    assert "| c_mask_transformer_qd, plain argmax | 0.850 | 0.050 | | |" in text
+    assert "a_dynunet, plain argmax" not in text  # no offsets: one segmentation

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.utils import min_version, optional_import
 
-from bundle.ood.calibration import MODEL_HASH_KEY, calibrate_threshold, file_sha256, save_calibration
+from bundle.ood.calibration import (
+    HYSTERESIS_KEY,
+    MODEL_HASH_KEY,
+    calibrate_threshold,
+    file_sha256,
+    save_calibration,
+)
+from bundle.transforms.hysteresis import fit_hysteresis_offsets, log_scores
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
@@ -29,6 +37,11 @@ class OODCalibrationHandler:
     - ``voxel_threshold``: the anomaly value above which a voxel of the predicted organ/lesion region is marked
       "suspected OOD", chosen so that a fraction ``voxel_target_fpr`` of inlier foreground voxels would be marked.
 
+    With ``hysteresis_classes``, it also fits the segmentation's hysteresis offsets of those classes
+    (:func:`~bundle.transforms.hysteresis.fit_hysteresis_offsets`: the offset that maximises the mean per-case Dice
+    of the validation cases, a false lesion in a case without one counting as Dice 0) and stores them under
+    ``hysteresis_offsets``, with the mean Dice before and after under ``hysteresis_dice``.
+
     The calibration also records ``model_sha256``, the sha256 of the model file it was calibrated for, so that a
     model is never used with the thresholds of another one.
 
@@ -42,6 +55,11 @@ class OODCalibrationHandler:
         ood_key: key of the anomaly map per item.
         score_key: key of the case score per item.
         max_voxels_per_case: foreground voxels sampled per case for the voxel threshold (a fixed-seed sample).
+        hysteresis_classes: the classes whose hysteresis offsets are fitted (e.g. the tumour classes); ``None``
+            fits none.
+        label_key: key of the label map ``(1, *spatial)`` on the grid of ``pred_key`` (needed for the offsets).
+        input_type: what ``pred_key`` holds, ``"probabilities"`` or ``"logits"``.
+        crop_margin: voxels kept around the predicted and true foreground of a case for the offset fit.
         model_path: the model file being calibrated, whose hash is recorded; by default ``model.pt`` next to
             ``save_path`` (where the bundle's configs keep the checkpoint and its calibration). Without such a file
             no hash is recorded, and a warning says so.
@@ -57,6 +75,10 @@ class OODCalibrationHandler:
         score_key: str = "ood_score",
         max_voxels_per_case: int = 200_000,
         model_path: str | None = None,
+        hysteresis_classes: Sequence[int] | None = None,
+        label_key: str = "label",
+        input_type: str = "probabilities",
+        crop_margin: int = 16,
     ) -> None:
         self.save_path = Path(save_path)
         self.model_path = Path(model_path) if model_path else self.save_path.with_name("model.pt")
@@ -69,6 +91,11 @@ class OODCalibrationHandler:
         self.case_scores: list[float] = []
         self.voxel_scores: list[np.ndarray] = []
         self.cases_without_foreground = 0
+        self.hysteresis_classes = [int(k) for k in hysteresis_classes] if hysteresis_classes else []
+        self.label_key = label_key
+        self.input_type = input_type
+        self.crop_margin = int(crop_margin)
+        self.segmentation_cases: list[tuple[np.ndarray, np.ndarray]] = []
 
     def attach(self, engine: Engine) -> None:
         """Register with the engine's events."""
@@ -79,6 +106,7 @@ class OODCalibrationHandler:
     def _reset(self, engine: Engine) -> None:
         self.case_scores, self.voxel_scores = [], []
         self.cases_without_foreground = 0
+        self.segmentation_cases = []
 
     def _collect(self, engine: Engine) -> None:
         rng = np.random.default_rng(len(self.case_scores))
@@ -98,6 +126,31 @@ class OODCalibrationHandler:
             if anomaly.size > self.max_voxels_per_case:
                 anomaly = rng.choice(anomaly, self.max_voxels_per_case, replace=False)
             self.voxel_scores.append(anomaly)
+            if self.hysteresis_classes:
+                self.segmentation_cases.append(self._segmentation_case(item))
+
+    def _segmentation_case(self, item: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Log-scores and label of one case, cropped around its true and predicted foreground (memory)."""
+        if self.label_key not in item:
+            raise KeyError(
+                f"fitting hysteresis offsets needs the label '{self.label_key}' in the post-processed output "
+                f"(keys: {sorted(item)})."
+            )
+        values = log_scores(torch.as_tensor(item[self.pred_key]), self.input_type)
+        label = torch.as_tensor(item[self.label_key])[0].long().cpu().numpy()
+        if label.shape != values.shape[1:]:
+            raise ValueError(
+                f"label '{self.label_key}' has shape {label.shape}, the prediction {values.shape[1:]}: they must "
+                "share the grid."
+            )
+        present = np.nonzero((label > 0) | (values.argmax(axis=0) > 0))
+        if not present[0].size:
+            corner = tuple(slice(0, 1) for _ in label.shape)
+            return values[(slice(None), *corner)].copy(), label[corner].copy()
+        box = tuple(
+            slice(max(int(i.min()) - self.crop_margin, 0), int(i.max()) + 1 + self.crop_margin) for i in present
+        )
+        return values[(slice(None), *box)].copy(), label[box].copy()
 
     def _save(self, engine: Engine) -> None:
         if not self.case_scores:
@@ -120,6 +173,11 @@ class OODCalibrationHandler:
             "cases_without_foreground": self.cases_without_foreground,
             "case_scores": sorted(self.case_scores),
         }
+        if self.hysteresis_classes:
+            offsets, dice = fit_hysteresis_offsets(self.segmentation_cases, self.hysteresis_classes)
+            calibration[HYSTERESIS_KEY] = {str(k): v for k, v in offsets.items()}
+            calibration["hysteresis_dice"] = {str(k): list(v) for k, v in dice.items()}
+            logger.info("hysteresis offsets %s (mean validation Dice before, after: %s)", offsets, dice)
         if self.model_path.is_file():
             calibration[MODEL_HASH_KEY] = file_sha256(self.model_path)
         else:

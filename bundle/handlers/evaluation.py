@@ -28,6 +28,7 @@ from bundle.metrics.ood import case_auroc, pixel_ood_metrics, roi_mask
 from bundle.ood.case_score import case_ood_score
 from bundle.ood.scores import SCORES, OODScore, class_inputs
 from bundle.ood.smoothing import grid_spacing, smooth_score_map
+from bundle.transforms.hysteresis import check_offsets, hysteresis_argmax
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
@@ -41,7 +42,9 @@ BASELINE_METHODS = ("msp", "max_logit", "energy", "entropy", "rba")
 
 PROTOCOL = {
     "dice": "per class on inlier test cases (ground truth and prediction on the model grid), averaged over cases; "
-    "a case whose ground truth lacks the class is left out of that class's mean",
+    "a case whose ground truth lacks the class is left out of that class's mean; the prediction is the model's "
+    "segmentation as delivered: the hysteresis argmax with the offsets of its calibration (dice_argmax: the plain "
+    "argmax, when they differ)",
     "pixel_ood": "voxels pooled over all evaluated cases (test + test_ood) inside the ROI = ground-truth organ and "
     "lesions (inlier and OOD) dilated by roi_margin_voxels; positives are OOD-lesion voxels; AUROC and AUPR "
     "(average precision, OOD positive) from scikit-learn, ties count half in AUROC; FPR95 = false-positive rate at "
@@ -84,6 +87,11 @@ class OODEvaluationHandler:
         affinity_key: key of the query affinities ``R`` ``(N, *spatial)``, or ``None`` if the output has none.
         metrics_filename: name of the JSON summary.
         per_case_filename: name of the per-case CSV.
+        hysteresis_offsets: ``{class index: offset}`` of the model's calibration
+            (:func:`bundle.ood.calibrated_hysteresis_offsets`): the segmentation whose Dice is reported is the
+            hysteresis argmax (:func:`bundle.transforms.hysteresis_argmax`), as the inference delivers it; the
+            plain argmax's Dice is then reported as well (``dice_argmax``). Case scores use the plain argmax's
+            foreground, as the inference computes them before the segmentation is made.
         save_scores: also write ``roi_scores.npz``: the pooled ROI voxel scores of every method and the OOD mask
             ``is_ood``, for ROC and precision-recall curves, with ``case_index`` (int32, the case each voxel comes
             from, numbering the cases in the order they were evaluated) and ``case_names`` / ``case_groups`` (the
@@ -109,6 +117,7 @@ class OODEvaluationHandler:
         metrics_filename: str = "metrics.json",
         per_case_filename: str = "per_case.csv",
         save_scores: bool = False,
+        hysteresis_offsets: Mapping[int | str, float] | None = None,
     ) -> None:
         if input_type not in ("probabilities", "logits"):
             raise ValueError(f"input_type must be 'probabilities' or 'logits', got '{input_type}'.")
@@ -129,6 +138,7 @@ class OODEvaluationHandler:
         self.pred_key, self.label_key, self.case_group_key = pred_key, label_key, case_group_key
         self.metrics_filename, self.per_case_filename = metrics_filename, per_case_filename
         self.save_scores = save_scores
+        self.hysteresis_offsets = check_offsets(hysteresis_offsets, self.num_classes)
         self._reset()
 
     def _select_scores(self, methods: Sequence[str] | None) -> tuple[list[OODScore], dict[str, str]]:
@@ -189,11 +199,16 @@ class OODEvaluationHandler:
             record["ood_voxels"] = int(is_ood_voxel.sum())
 
             if not is_ood_case:
-                pred_onehot = one_hot(pred_label[None, None], self.num_classes)
+                segmentations = {"dice": pred_label}
+                if any(self.hysteresis_offsets.values()):
+                    grown = hysteresis_argmax(pred, self.hysteresis_offsets, self.input_type)
+                    segmentations = {"dice": torch.from_numpy(grown), "dice_argmax": pred_label}
                 label_onehot = one_hot(label[None, None].clamp_max(self.num_classes - 1), self.num_classes)
-                dice = compute_dice(pred_onehot, label_onehot, include_background=False, ignore_empty=True)[0]
-                for class_id, value in zip(range(1, self.num_classes), dice.tolist(), strict=True):
-                    record[f"dice_{self.class_names[class_id]}"] = value
+                for prefix, segmentation in segmentations.items():
+                    pred_onehot = one_hot(segmentation[None, None], self.num_classes)
+                    dice = compute_dice(pred_onehot, label_onehot, include_background=False, ignore_empty=True)[0]
+                    for class_id, value in zip(range(1, self.num_classes), dice.tolist(), strict=True):
+                        record[f"{prefix}_{self.class_names[class_id]}"] = value
 
             roi = torch.as_tensor(roi_mask(label.numpy(), self.ood_labels, self.roi_margin_voxels), dtype=torch.bool)
             foreground = pred_label > 0
@@ -212,11 +227,13 @@ class OODEvaluationHandler:
         """The metrics of the cases seen so far."""
         inlier = [c for c in self.cases if c["group"] == "test"]
         ood = [c for c in self.cases if c["group"] == "test_ood"]
-        dice = {}
-        for class_id in range(1, self.num_classes):
-            values = [c[f"dice_{self.class_names[class_id]}"] for c in inlier]
-            values = [v for v in values if not math.isnan(v)]
-            dice[self.class_names[class_id]] = float(np.mean(values)) if values else float("nan")
+        grown = any(self.hysteresis_offsets.values())
+        dice_of: dict[str, dict] = {prefix: {} for prefix in ("dice", "dice_argmax")[: 2 if grown else 1]}
+        for prefix, dice in dice_of.items():
+            for class_id in range(1, self.num_classes):
+                values = [c.get(f"{prefix}_{self.class_names[class_id]}", math.nan) for c in inlier]
+                values = [v for v in values if not math.isnan(v)]
+                dice[self.class_names[class_id]] = float(np.mean(values)) if values else float("nan")
         is_ood = np.concatenate(self.roi_is_ood) if self.roi_is_ood else np.zeros(0, dtype=bool)
         pixel, case = {}, {}
         for method in self.methods:
@@ -226,7 +243,8 @@ class OODEvaluationHandler:
             ood_scores = [c[f"score_{method}"] for c in ood]
             case[method] = {"auroc": case_auroc(inlier_scores, ood_scores) if inlier and ood else float("nan")}
         return {
-            "dice": dice,
+            "dice": dice_of["dice"],
+            **({"dice_argmax": dice_of["dice_argmax"]} if "dice_argmax" in dice_of else {}),
             "pixel_ood": pixel,
             "case_ood": case,
             "skipped_scores": dict(self.skipped),
@@ -238,6 +256,7 @@ class OODEvaluationHandler:
                 "smoothing_sigma_mm": self.smoothing_sigma_mm,
                 "ood_labels": self.ood_labels,
                 "input_type": self.input_type,
+                "hysteresis_offsets": {str(k): v for k, v in self.hysteresis_offsets.items()},
             },
             "protocol": PROTOCOL,
         }
@@ -266,6 +285,8 @@ class OODEvaluationHandler:
 def format_metrics_table(metrics: Mapping) -> str:
     """A plain-text table of Dice per class and the OOD metrics per score."""
     lines = ["Dice (inlier test cases): " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["dice"].items())]
+    if "dice_argmax" in metrics:
+        lines.append("  plain argmax: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["dice_argmax"].items()))
     lines.append(f"{'score':<10} {'pixel AUROC':>11} {'AUPR':>7} {'FPR95':>7} {'case AUROC':>11}")
     for method, values in metrics["pixel_ood"].items():
         lines.append(

@@ -14,12 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from bundle.data.files import atomic_write_text
+from bundle.transforms.hysteresis import check_offsets
 
 __all__ = [
+    "HYSTERESIS_KEY",
     "MODEL_HASH_KEY",
     "CalibrationError",
     "OODThresholds",
     "calibrate_threshold",
+    "calibrated_hysteresis_offsets",
     "calibrated_thresholds",
     "check_model_hash",
     "empirical_fpr",
@@ -29,6 +32,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: key of the calibration JSON holding the segmentation's hysteresis offsets ``{class index: offset}``
+HYSTERESIS_KEY = "hysteresis_offsets"
 
 #: key of the calibration JSON holding the sha256 (hex) of the model file the thresholds were calibrated for
 MODEL_HASH_KEY = "model_sha256"
@@ -238,3 +244,36 @@ def calibrated_thresholds(calibration_path: str | os.PathLike, model: str | os.P
     except (OSError, ValueError) as error:
         return OODThresholds(None, None, "none", f"ignoring the OOD calibration file {name}: {error}")
     return OODThresholds(float(data["threshold"]), float(data["voxel_threshold"]), name, model_checked=checked)
+
+
+def calibrated_hysteresis_offsets(
+    calibration_path: str | os.PathLike, model: str | os.PathLike | None = None
+) -> dict[int, float]:
+    """The segmentation's hysteresis offsets (``{class index: offset}``) of a model's calibration file.
+
+    Read like :func:`calibrated_thresholds`: nothing raises, since a model must still segment without them. A missing
+    file, a calibration without offsets (written before they were fitted) or one of another model gives ``{}``,
+    the plain argmax, with a logged warning; malformed offsets are refused the same way.
+    """
+    path = Path(calibration_path)
+    if not path.is_file():
+        logger.warning("no calibration file %s: the segmentation is the plain argmax.", path.name)
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        if model is not None:
+            check_model_hash(data, model, path.name, warn=False)
+        if HYSTERESIS_KEY not in data:
+            logger.warning("%s has no %s: the segmentation is the plain argmax.", path.name, HYSTERESIS_KEY)
+            return {}
+        offsets = data[HYSTERESIS_KEY]
+        if not isinstance(offsets, dict):
+            raise ValueError(f"'{HYSTERESIS_KEY}' must be an object {{class index: offset}}")
+        return check_offsets(offsets)
+    except (OSError, ValueError) as error:  # CalibrationError is a ValueError
+        logger.warning(
+            "ignoring the hysteresis offsets of %s: %s; the segmentation is the plain argmax.", path.name, error
+        )
+        return {}

@@ -1,6 +1,7 @@
 """MONAI dictionary transforms specific to the bundle's inputs."""
 
 from .altered_lesion import RandAlteredLesiond
+from .hysteresis import HysteresisArgmaxd, fit_hysteresis_offsets, hysteresis_argmax
 from .organ_region import LocaliseOrgand, PasteOrganRegiond, box_with_margin, largest_component
 from .synthetic_anomaly import RandForeignTissueAnomalyd
 from .validation import (
@@ -13,6 +14,7 @@ from .validation import (
 )
 
 __all__ = [
+    "HysteresisArgmaxd",
     "InvalidVolumeError",
     "LocaliseOrgand",
     "PasteOrganRegiond",
@@ -20,6 +22,8 @@ __all__ = [
     "RandForeignTissueAnomalyd",
     "ValidateVolumed",
     "box_with_margin",
+    "fit_hysteresis_offsets",
+    "hysteresis_argmax",
     "geometry_problem",
     "label_geometry_problem",
     "read_error_reason",

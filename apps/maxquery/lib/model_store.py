@@ -21,6 +21,7 @@ from bundle.ood.calibration import (
     MODEL_HASH_KEY,
     CalibrationError,
     OODThresholds,
+    calibrated_hysteresis_offsets,
     calibrated_thresholds,
     check_model_hash,
     file_sha256,
@@ -185,6 +186,13 @@ class ModelStore:
                 "is, but cannot be checked against the model. Recalibrate (train) to record it."
             )
         return calibrated
+
+    def hysteresis_offsets(self) -> dict[int, float]:
+        """The hysteresis offsets of the current model's calibration (``{}``, the plain argmax, where there are none
+        or the calibration belongs to another model)."""
+        if not self.model_path.is_file():
+            return {}
+        return calibrated_hysteresis_offsets(self.calibration_path, self.model_sha256())
 
     def thresholds(self) -> OODThresholds:
         """The case and voxel thresholds: the conf overrides, else the calibration of the current model."""

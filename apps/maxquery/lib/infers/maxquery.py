@@ -18,7 +18,7 @@ from monailabel.utils.others.generic import device_list
 from torch import nn
 
 from bundle.ood import MarkSuspectedOODd, OODThresholds
-from bundle.transforms import InvalidVolumeError
+from bundle.transforms import HysteresisArgmaxd, InvalidVolumeError
 
 from ..bundle_config import BundleConfig
 from ..errors import InvalidInputError, ModelNotFoundError, short_error
@@ -176,6 +176,11 @@ class MaxQueryInferTask(BasicInferTask):
         for transform in self.bundle.inference.get_parsed_content("postprocessing").transforms:
             if stop_before_invert and isinstance(transform, Invertd):
                 break
+            if isinstance(transform, HysteresisArgmaxd):
+                # the served model may have been retrained since the config was parsed: its own offsets
+                transform = HysteresisArgmaxd(
+                    transform.keys, offsets=self.store.hysteresis_offsets(), input_type=transform.input_type
+                )
             if not isinstance(transform, (SaveImaged, MarkSuspectedOODd)):
                 transforms.append(transform)
         return transforms

@@ -1,0 +1,27 @@
+"""The segmentation diagnostic's figures on a hand-made case whose answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.segmentation_diagnostics import diagnose, markdown
+from bundle.transforms.hysteresis import log_scores
+from tests.test_hysteresis import _lesion, _probabilities
+
+
+def test_the_report_shows_the_rim_lost_to_the_organ_and_the_prior_making_a_false_lesion():
+    lesion_free = np.where(_lesion() == 2, 1, _lesion())
+    cases = [(log_scores(_probabilities()), _lesion()), (log_scores(_probabilities(core=False)), lesion_free)]
+    report = diagnose(cases, [2], [0.0, 2.0])
+    pdac = report["classes"]["2"]
+    assert pdac["true_voxels"] == 125
+    assert pdac["plain_argmax_share_to_class"] == pytest.approx([0.0, 98 / 125, 27 / 125])
+    assert pdac["predicted_over_true_volume"] == pytest.approx(27 / 125)
+    plain, grown = pdac["sweep"]
+    assert plain["hysteresis_all_cases"] == plain["prior_all_cases"] == pytest.approx((2 * 27 / 152 + 1) / 2)
+    # the prior grows the lesion but makes false lesions of the doubtful spots, one in the lesion-free case
+    assert grown["prior_all_cases"] == pytest.approx((2 * 125 / (125 + 133) + 0.0) / 2)
+    assert grown["hysteresis_all_cases"] == pytest.approx(1.0)
+    assert grown["hysteresis_cases_with_class"] == pytest.approx(1.0)
+    assert "| 2 | 0.484 | 0.969 | 1.000 | 1.000 |" in markdown(report, {0: "background", 1: "organ", 2: "tumour"})
