@@ -154,6 +154,11 @@ def test_calibration_stores_fitted_offsets_that_the_readers_return_for_this_mode
     assert calibrated_hysteresis_offsets(path, model) == {}
 
 
+def test_an_unknown_input_type_is_refused_when_the_handler_is_built():
+    with pytest.raises(ValueError, match="input_type"):
+        OODCalibrationHandler("unused.json", hysteresis_classes=[2], input_type="probs")
+
+
 def test_calibration_names_a_missing_label():
     handler = OODCalibrationHandler("unused.json", hysteresis_classes=[2])
     item = _item(_probabilities(), _lesion())

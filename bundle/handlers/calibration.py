@@ -17,7 +17,7 @@ from bundle.ood.calibration import (
     file_sha256,
     save_calibration,
 )
-from bundle.transforms.hysteresis import fit_hysteresis_offsets, log_scores
+from bundle.transforms.hysteresis import INPUT_TYPES, fit_hysteresis_offsets, log_scores
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
@@ -91,6 +91,8 @@ class OODCalibrationHandler:
         self.case_scores: list[float] = []
         self.voxel_scores: list[np.ndarray] = []
         self.cases_without_foreground = 0
+        if input_type not in INPUT_TYPES:
+            raise ValueError(f"input_type must be one of {INPUT_TYPES}, got {input_type!r}.")
         self.hysteresis_classes = [int(k) for k in hysteresis_classes] if hysteresis_classes else []
         self.label_key = label_key
         self.input_type = input_type

@@ -227,8 +227,8 @@ class OODEvaluationHandler:
         """The metrics of the cases seen so far."""
         inlier = [c for c in self.cases if c["group"] == "test"]
         ood = [c for c in self.cases if c["group"] == "test_ood"]
-        grown = any(self.hysteresis_offsets.values())
-        dice_of: dict[str, dict] = {prefix: {} for prefix in ("dice", "dice_argmax")[: 2 if grown else 1]}
+        prefixes = ("dice", "dice_argmax") if any(self.hysteresis_offsets.values()) else ("dice",)
+        dice_of: dict[str, dict] = {prefix: {} for prefix in prefixes}
         for prefix, dice in dice_of.items():
             for class_id in range(1, self.num_classes):
                 values = [c.get(f"{prefix}_{self.class_names[class_id]}", math.nan) for c in inlier]

@@ -25,6 +25,7 @@ from monai.transforms import MapTransform
 from scipy import ndimage
 
 __all__ = [
+    "INPUT_TYPES",
     "HysteresisArgmaxd",
     "case_dice",
     "check_offsets",
