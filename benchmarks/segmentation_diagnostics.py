@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from bundle.configs import config_files  # noqa: E402
 from bundle.scripts.pipeline import parse_overrides  # noqa: E402
-from bundle.transforms.hysteresis import case_dice, hysteresis_argmax, log_scores  # noqa: E402
+from bundle.transforms.hysteresis import case_dice, crop_to_foreground, hysteresis_argmax, log_scores  # noqa: E402
 
 __all__ = ["collect_cases", "diagnose", "main", "markdown"]
 
@@ -52,9 +52,7 @@ def collect_cases(parser: ConfigParser, margin: int = 16) -> list[tuple[np.ndarr
         for item in engine.state.output:
             values = log_scores(torch.as_tensor(item["pred"]), input_type)
             label = torch.as_tensor(item["label"])[0].long().cpu().numpy()
-            present = np.nonzero((label > 0) | (values.argmax(axis=0) > 0))
-            box = tuple(slice(max(int(i.min()) - margin, 0), int(i.max()) + 1 + margin) for i in present)
-            cases.append((values[(slice(None), *box)].copy(), label[box].copy()))
+            cases.append(crop_to_foreground(values, label, margin))
 
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, keep)
     evaluator.run()

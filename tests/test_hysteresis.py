@@ -13,7 +13,7 @@ from monai.data import MetaTensor
 from bundle.handlers import OODCalibrationHandler, OODEvaluationHandler
 from bundle.ood import calibrated_hysteresis_offsets
 from bundle.transforms import HysteresisArgmaxd, fit_hysteresis_offsets, hysteresis_argmax
-from bundle.transforms.hysteresis import case_dice, check_offsets, log_scores
+from bundle.transforms.hysteresis import case_dice, check_offsets, crop_to_foreground, log_scores
 
 SHAPE = (12, 12, 12)
 
@@ -75,6 +75,18 @@ def test_the_seeds_of_another_grown_class_keep_their_label():
     # class 1 seed at 0, class 2 seeds at 1 and 3, voxel 2 a tie broken towards class 1
     grown = hysteresis_argmax(probs, {1: 5.0, 2: 5.0})[0, 0]
     assert grown[0] == 1 and grown[1] == 2 and grown[3] == 2
+
+
+def test_the_fit_crop_keeps_true_and_predicted_foreground_and_names_a_grid_mismatch():
+    values, label = log_scores(_probabilities()), _lesion()
+    cropped_values, cropped_label = crop_to_foreground(values, label, margin=0)
+    assert cropped_label.shape == (10, 10, 10) and cropped_values.shape == (3, 10, 10, 10)  # the organ block
+    assert (cropped_label == 2).sum() == (label == 2).sum()
+    empty = np.zeros((3, 4, 4, 4), np.float32)
+    empty[0] = 1.0
+    assert crop_to_foreground(empty, np.zeros((4, 4, 4), np.int64), margin=2)[1].shape == (1, 1, 1)
+    with pytest.raises(ValueError, match="share the grid"):
+        crop_to_foreground(values, label[:-1], margin=0)
 
 
 def test_case_dice_counts_a_false_lesion_in_a_case_without_one_as_zero():

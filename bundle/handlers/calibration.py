@@ -17,7 +17,7 @@ from bundle.ood.calibration import (
     file_sha256,
     save_calibration,
 )
-from bundle.transforms.hysteresis import INPUT_TYPES, fit_hysteresis_offsets, log_scores
+from bundle.transforms.hysteresis import INPUT_TYPES, crop_to_foreground, fit_hysteresis_offsets, log_scores
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
@@ -140,19 +140,10 @@ class OODCalibrationHandler:
             )
         values = log_scores(torch.as_tensor(item[self.pred_key]), self.input_type)
         label = torch.as_tensor(item[self.label_key])[0].long().cpu().numpy()
-        if label.shape != values.shape[1:]:
-            raise ValueError(
-                f"label '{self.label_key}' has shape {label.shape}, the prediction {values.shape[1:]}: they must "
-                "share the grid."
-            )
-        present = np.nonzero((label > 0) | (values.argmax(axis=0) > 0))
-        if not present[0].size:
-            corner = tuple(slice(0, 1) for _ in label.shape)
-            return values[(slice(None), *corner)].copy(), label[corner].copy()
-        box = tuple(
-            slice(max(int(i.min()) - self.crop_margin, 0), int(i.max()) + 1 + self.crop_margin) for i in present
-        )
-        return values[(slice(None), *box)].copy(), label[box].copy()
+        try:
+            return crop_to_foreground(values, label, self.crop_margin)
+        except ValueError as error:
+            raise ValueError(f"label '{self.label_key}' and prediction '{self.pred_key}': {error}") from error
 
     def _save(self, engine: Engine) -> None:
         if not self.case_scores:

@@ -204,6 +204,14 @@ def _finite_or_none(value: object) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _read_json_object(path: Path) -> dict:
+    """The JSON object of a calibration file; ``OSError`` or ``ValueError`` (bad JSON, not an object) otherwise."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
 def calibrated_thresholds(calibration_path: str | os.PathLike, model: str | os.PathLike | None = None) -> OODThresholds:
     """The thresholds of a model's calibration file, or none at all with the reason, never another model's.
 
@@ -230,9 +238,7 @@ def calibrated_thresholds(calibration_path: str | os.PathLike, model: str | os.P
             "so no case is flagged and no voxel is marked suspected OOD.",
         )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
+        data = _read_json_object(path)
         for key in ("threshold", "voxel_threshold"):
             if _finite_or_none(data.get(key)) is None:
                 raise ValueError(f"'{key}' is missing or not a finite number")
@@ -260,9 +266,7 @@ def calibrated_hysteresis_offsets(
         logger.warning("no calibration file %s: the segmentation is the plain argmax.", path.name)
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
+        data = _read_json_object(path)
         if model is not None:
             check_model_hash(data, model, path.name, warn=False)
         if HYSTERESIS_KEY not in data:

@@ -29,6 +29,7 @@ __all__ = [
     "HysteresisArgmaxd",
     "case_dice",
     "check_offsets",
+    "crop_to_foreground",
     "fit_hysteresis_offsets",
     "hysteresis_argmax",
     "log_scores",
@@ -100,6 +101,22 @@ def _best_other(values: np.ndarray, class_index: int) -> np.ndarray:
         if c != class_index:
             best = values[c].copy() if best is None else np.maximum(best, values[c], out=best)
     return best
+
+
+def crop_to_foreground(values: np.ndarray, label: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of ``(C, *spatial)`` log-scores and their ``(*spatial)`` label cropped to the box of the true and the
+    predicted (argmax) foreground plus ``margin`` voxels, the part a hysteresis fit looks at; one corner voxel where
+    neither holds any foreground."""
+    if label.shape != values.shape[1:]:
+        raise ValueError(
+            f"the label has shape {label.shape}, the prediction {values.shape[1:]}: they must share the grid."
+        )
+    present = np.nonzero((label > 0) | (values.argmax(axis=0) > 0))
+    if not present[0].size:
+        box = tuple(slice(0, 1) for _ in label.shape)
+    else:
+        box = tuple(slice(max(int(i.min()) - margin, 0), int(i.max()) + 1 + margin) for i in present)
+    return values[(slice(None), *box)].copy(), label[box].copy()
 
 
 def case_dice(pred: np.ndarray, label: np.ndarray, class_index: int) -> float:
