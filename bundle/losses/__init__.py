@@ -1,8 +1,9 @@
-"""Losses: Dice+CE on probabilities, query-distribution, MaxQuery margin and query-compactness losses, the combined
-criterion."""
+"""Losses: Dice+CE on probabilities, query-distribution, MaxQuery margin, query-compactness and query-balance losses,
+the combined criterion."""
 
 from __future__ import annotations
 
+from .balance import QueryBalanceLoss
 from .compactness import QueryCompactnessLoss
 from .criterion import MaxQueryCriterion
 from .outlier import MaxQueryMarginLoss
@@ -13,6 +14,7 @@ __all__ = [
     "MaxQueryCriterion",
     "MaxQueryMarginLoss",
     "ProbabilityDiceCELoss",
+    "QueryBalanceLoss",
     "QueryCompactnessLoss",
     "QueryDistributionLoss",
     "as_index_label",

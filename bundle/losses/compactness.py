@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .query_classes import check_query_channels, chosen_classes, query_counts
 from .reduction import class_balanced_mean
 from .segmentation import ProbabilityDiceCELoss
 
@@ -41,15 +42,11 @@ class QueryCompactnessLoss(nn.Module):
 
     def __init__(self, queries_per_class: Sequence[int], classes: Sequence[int] | None = None) -> None:
         super().__init__()
-        counts = [int(n) for n in queries_per_class]
-        if len(counts) < 2 or any(n < 1 for n in counts):
-            raise ValueError(f"queries_per_class needs at least two positive counts, got {list(queries_per_class)}.")
+        counts = query_counts(queries_per_class)
         self.counts = counts
         self.num_classes = len(counts)
         self.num_queries = sum(counts)
-        chosen = list(range(len(counts))) if classes is None else sorted({int(k) for k in classes})
-        if not chosen or any(not 0 <= k < len(counts) for k in chosen):
-            raise ValueError(f"classes must be a non-empty subset of 0..{len(counts) - 1}, got {classes}.")
+        chosen = chosen_classes(classes, len(counts), default=range(len(counts)))
         self.register_buffer(
             "pulled",
             torch.zeros(len(counts), dtype=torch.bool).index_fill_(0, torch.tensor(chosen), True),
@@ -58,11 +55,7 @@ class QueryCompactnessLoss(nn.Module):
 
     def loss_flat(self, similarity: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss of ``(B, N, *spatial)`` similarities against a flattened, validated ``(B, V)`` class target."""
-        if similarity.shape[1] != self.num_queries:
-            raise ValueError(
-                f"queries_per_class {self.counts} name {self.num_queries} queries but the similarities have "
-                f"{similarity.shape[1]} channels."
-            )
+        check_query_channels(similarity, self.counts, "similarities")
         with torch.autocast(device_type=similarity.device.type, enabled=False):
             flat = similarity.float().flatten(2)  # (B, N, V)
             nearest = torch.stack([part.amax(1) for part in flat.split(self.counts, dim=1)], dim=1)  # (B, K, V)

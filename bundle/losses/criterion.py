@@ -1,5 +1,5 @@
-"""Training criterion of the mask transformer: segmentation loss + QD loss (+ MaxQuery margin, + query compactness),
-with deep supervision."""
+"""Training criterion of the mask transformer: segmentation loss + QD loss (+ MaxQuery margin, + query compactness,
++ query balance), with deep supervision."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from .balance import QueryBalanceLoss
 from .compactness import QueryCompactnessLoss
 from .outlier import MaxQueryMarginLoss
 from .query_distribution import QueryDistributionLoss
@@ -28,7 +29,8 @@ class MaxQueryCriterion(nn.Module):
     (``sum_j w_j loss_j / sum_j w_j`` over the layers present), so the scale does not depend on ``L``. With
     ``compactness_weight > 0``, ``compactness_weight`` times the
     :class:`~bundle.losses.compactness.QueryCompactnessLoss` of the final layer's similarities
-    (``"query_similarity"``, the layer MaxQuery reads) is added.
+    (``"query_similarity"``, the layer MaxQuery reads) is added, and with ``balance_weight > 0``, ``balance_weight``
+    times the :class:`~bundle.losses.balance.QueryBalanceLoss` of the final layer's assignments.
 
     Args:
         num_classes: number ``K`` of inlier classes.
@@ -47,6 +49,9 @@ class MaxQueryCriterion(nn.Module):
         queries_per_class: the number of queries of each class (fixed query classes), needed by the compactness
             loss.
         compactness_classes: the classes the compactness loss pulls onto their centres (default: all).
+        balance_weight: weight of the query-balance loss; 0 disables it.
+        balance_classes: the classes whose queries the balance loss makes share their voxels (default: every class
+            with more than one query).
         outlier_label: label value of outlier-exposure voxels (synthetic anomalies,
             :class:`~bundle.transforms.RandAlteredLesiond`, :class:`~bundle.transforms.RandForeignTissueAnomalyd`);
             ``None``: labels hold inlier classes only.
@@ -71,6 +76,8 @@ class MaxQueryCriterion(nn.Module):
         compactness_weight: float = 0.0,
         queries_per_class: Sequence[int] | None = None,
         compactness_classes: Sequence[int] | None = None,
+        balance_weight: float = 0.0,
+        balance_classes: Sequence[int] | None = None,
         outlier_label: int | None = None,
         margin_weight: float = 0.0,
         inlier_margin: float = 0.8,
@@ -103,6 +110,12 @@ class MaxQueryCriterion(nn.Module):
         self.compactness_loss = (
             QueryCompactnessLoss(queries_per_class, compactness_classes) if compactness_weight > 0 else None
         )
+        if balance_weight < 0:
+            raise ValueError(f"balance_weight must be non-negative, got {balance_weight}.")
+        if balance_weight > 0 and queries_per_class is None:
+            raise ValueError("the balance loss needs queries_per_class (the fixed class of every query).")
+        self.balance_weight = float(balance_weight)
+        self.balance_loss = QueryBalanceLoss(queries_per_class, balance_classes) if balance_weight > 0 else None
         if margin_weight < 0:
             raise ValueError(f"margin_weight must be non-negative, got {margin_weight}.")
         if outlier_label is not None and 0 <= outlier_label < num_classes:
@@ -182,6 +195,10 @@ class MaxQueryCriterion(nn.Module):
             total = total + self.compactness_weight * self.compactness_loss.loss_flat(
                 outputs["query_similarity"], target
             )
+        if self.balance_loss is not None:
+            if "query_probs" not in outputs:
+                raise KeyError("the balance loss needs the query assignments ('query_probs') in the network outputs.")
+            total = total + self.balance_weight * self.balance_loss.loss_flat(outputs["query_probs"], target, valid)
         if self.margin_loss is not None:
             if "query_similarity" not in outputs:
                 raise KeyError("the MaxQuery margin loss needs 'query_similarity' in the network outputs.")
