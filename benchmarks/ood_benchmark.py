@@ -80,8 +80,13 @@ VARIANTS: dict[str, dict] = {
     "f_mask_transformer_qd_free_class_head": {
         "optional": True,
         "configs": [],
-        # the tumour queries share one QD group and learn their classes: the set-up that collapses
-        "overrides": {"network_def#queries_per_class": None, "network_def#num_queries": "$sum(@queries_per_class)"},
+        # the tumour queries share one QD group and learn their classes: the set-up that collapses; with learnt
+        # classes there are no fixed groups of queries for the balance loss to share out
+        "overrides": {
+            "network_def#queries_per_class": None,
+            "network_def#num_queries": "$sum(@queries_per_class)",
+            "balance_weight": 0.0,
+        },
     },
     "g_mask_transformer_qd_compactness": {
         "optional": True,

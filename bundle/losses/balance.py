@@ -51,7 +51,10 @@ class QueryBalanceLoss(nn.Module):
         chosen = chosen_classes(classes, len(counts), default=[k for k, n in enumerate(counts) if n > 1])
         single = [k for k in chosen if counts[k] < 2]
         if single:
-            raise ValueError(f"classes {single} have a single query: there is nothing to balance.")
+            raise ValueError(
+                f"classes {single} have a single query: there is nothing to balance (leave them out of the balanced "
+                "classes, or set balance_weight 0)."
+            )
         self.counts = counts
         self.classes = chosen
         self.starts = [sum(counts[:k]) for k in range(len(counts))]
