@@ -57,7 +57,6 @@ class QueryBalanceLoss(nn.Module):
             )
         self.counts = counts
         self.classes = chosen
-        self.starts = [sum(counts[:k]) for k in range(len(counts))]
 
     def loss_flat(
         self, query_probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
@@ -69,6 +68,7 @@ class QueryBalanceLoss(nn.Module):
             flat = query_probs.float().flatten(2)  # (B, N, V)
             if target.shape != (flat.shape[0], flat.shape[2]):
                 raise ValueError(f"target {tuple(target.shape)} does not match the {tuple(flat.shape)} assignments.")
+            per_class = flat.split(self.counts, dim=1)
             terms = []
             for k in self.classes:
                 member = target == k
@@ -76,7 +76,7 @@ class QueryBalanceLoss(nn.Module):
                     member = member & valid
                 if not member.any():
                     continue
-                own = flat[:, self.starts[k] : self.starts[k] + self.counts[k]].transpose(1, 2)[member]  # (V_k, n_k)
+                own = per_class[k].transpose(1, 2)[member]  # (V_k, n_k)
                 own = own / own.sum(1, keepdim=True).clamp_min(_EPS)
                 info = _entropy(own.mean(0), 0) - _entropy(own, 1).mean()
                 terms.append(1.0 - info / math.log(self.counts[k]))
