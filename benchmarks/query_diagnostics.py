@@ -122,7 +122,11 @@ def diagnose(name: str, dataset_dir: Path, work: Path, overrides: dict, device: 
     parser.update(VARIANTS[name]["overrides"])
     network = load_weights(parser.get_parsed_content("network_def"), work / name / "models" / "model.pt", device)
     maps = NearestQueryMaps(network).to(device).eval()
-    inferer = SlidingWindowInferer(roi_size=parser["patch_size"], sw_batch_size=4, overlap=0.25)
+    # the evaluation's windows, so that the shares describe the maps the report scores
+    window = parser["sliding_window_inferer"]
+    inferer = SlidingWindowInferer(
+        roi_size=parser["patch_size"], sw_batch_size=4, overlap=window["overlap"], mode=window.get("mode", "constant")
+    )
     preprocessing = parser.get_parsed_content("validate#preprocessing")
     ood_labels = parser.get_parsed_content("ood_labels")
     class_names = [str(c) for c in parser.get_parsed_content("class_names").values()]
