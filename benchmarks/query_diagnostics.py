@@ -40,7 +40,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.bundle import ConfigParser
-from monai.inferers import SlidingWindowInferer
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -123,10 +122,7 @@ def diagnose(name: str, dataset_dir: Path, work: Path, overrides: dict, device: 
     network = load_weights(parser.get_parsed_content("network_def"), work / name / "models" / "model.pt", device)
     maps = NearestQueryMaps(network).to(device).eval()
     # the evaluation's windows, so that the shares describe the maps the report scores
-    window = parser["sliding_window_inferer"]
-    inferer = SlidingWindowInferer(
-        roi_size=parser["patch_size"], sw_batch_size=4, overlap=window["overlap"], mode=window.get("mode", "constant")
-    )
+    inferer = parser.get_parsed_content("sliding_window_inferer")
     preprocessing = parser.get_parsed_content("validate#preprocessing")
     ood_labels = parser.get_parsed_content("ood_labels")
     class_names = [str(c) for c in parser.get_parsed_content("class_names").values()]

@@ -53,4 +53,5 @@ class MirrorEnsembleInferer(Inferer):
                 )
             output = torch.flip(output, dims) if dims else output
             total = output if total is None else total + output
-        return total / len(self.flips)
+        # a single pass is returned as it is: the default (no mirroring) adds no work to every inference
+        return total if len(self.flips) == 1 else total / len(self.flips)
