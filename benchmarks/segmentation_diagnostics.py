@@ -8,7 +8,11 @@ organ localiser, the model, the paste back onto the full grid), the report gives
 - for offsets ``b`` in ``--offsets``, the tumour Dice under a class prior (``b`` added to the class's
   log-probability before the argmax) and under the hysteresis argmax (:mod:`bundle.transforms.hysteresis`), each as
   the mean per-case Dice over all cases (a false lesion in a case without the class counts 0: the calibration's
-  objective) and over the cases that hold the class (the benchmark's Dice).
+  objective) and over the cases that hold the class (the benchmark's Dice);
+- for each tumour class, by lesion size (face-connected components of the true class, in voxels of the model grid,
+  binned by ``--size_bins``): the share of true lesions that the plain argmax touches (the hysteresis argmax only
+  grows what the plain argmax found, so it detects the same lesions), and the plain argmax's mean per-case Dice of
+  the cases whose class volume falls in the bin.
 
 Run it on validation cases, never to choose anything on the test split::
 
@@ -16,7 +20,9 @@ Run it on validation cases, never to choose anything on the test split::
     python benchmarks/segmentation_diagnostics.py --ckpt_dir runs/ood_benchmark/a_dynunet/models \\
         --configs baseline_dynunet.json --out runs/segmentation_diagnostics_dynunet.json
 
-``--split`` names the dataset list (default ``validation``); further ``--ID VALUE`` pairs override the configs.
+``--split`` names the dataset list (default ``validation``); ``--extra_dataset_dirs`` pools the same list of further
+datasets (e.g. inlier validation cases generated with another seed); run with ``--split training`` to compare how
+well the model fits the cases it was trained on. Further ``--ID VALUE`` pairs override the configs.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import numpy as np
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser
+from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,7 +45,7 @@ from bundle.configs import config_files  # noqa: E402
 from bundle.scripts.pipeline import parse_overrides  # noqa: E402
 from bundle.transforms.hysteresis import case_dice, crop_to_foreground, hysteresis_argmax, log_scores  # noqa: E402
 
-__all__ = ["collect_cases", "diagnose", "main", "markdown"]
+__all__ = ["by_lesion_size", "collect_cases", "diagnose", "main", "markdown"]
 
 
 def collect_cases(parser: ConfigParser, margin: int = 16) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -65,7 +72,44 @@ def _prior_argmax(values: np.ndarray, class_index: int, offset: float) -> np.nda
     return shifted.argmax(axis=0)
 
 
-def diagnose(cases: list[tuple[np.ndarray, np.ndarray]], tumour_classes: list[int], offsets: list[float]) -> dict:
+def by_lesion_size(cases: list[tuple[np.ndarray, np.ndarray]], class_index: int, size_bins: list[int]) -> list[dict]:
+    """Per size bin ``[low, high)``: lesions of the class, the share the plain argmax touches, and the plain argmax's
+    mean Dice over the cases whose class volume is in the bin."""
+    edges = [0, *size_bins, None]
+    lesions: list[tuple[int, bool]] = []
+    case_dices: list[tuple[int, float]] = []
+    for values, label in cases:
+        truth = label == class_index
+        if not truth.any():
+            continue
+        plain = values.argmax(axis=0) == class_index
+        components, count = ndimage.label(truth)
+        sizes = np.bincount(components.ravel())[1:]
+        touched = np.unique(components[plain & truth])
+        lesions += [(int(sizes[i - 1]), i in touched) for i in range(1, count + 1)]
+        case_dices.append((int(truth.sum()), case_dice(values.argmax(axis=0), label, class_index)))
+    rows = []
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        inside = [found for size, found in lesions if size >= low and (high is None or size < high)]
+        dices = [d for size, d in case_dices if size >= low and (high is None or size < high)]
+        rows.append(
+            {
+                "voxels": [low, high],
+                "lesions": len(inside),
+                "detected": float(np.mean(inside)) if inside else float("nan"),
+                "cases": len(dices),
+                "plain_dice": float(np.mean(dices)) if dices else float("nan"),
+            }
+        )
+    return rows
+
+
+def diagnose(
+    cases: list[tuple[np.ndarray, np.ndarray]],
+    tumour_classes: list[int],
+    offsets: list[float],
+    size_bins: list[int] = (120, 250),
+) -> dict:
     """The figures of the module docstring for ``cases`` (see :func:`collect_cases`)."""
     num_classes = cases[0][0].shape[0]
     report: dict = {"num_cases": len(cases), "classes": {}}
@@ -94,6 +138,7 @@ def diagnose(cases: list[tuple[np.ndarray, np.ndarray]], tumour_classes: list[in
             "plain_argmax_share_to_class": (to_class / max(true_volume, 1.0)).round(4).tolist(),
             "predicted_over_true_volume": predicted / max(true_volume, 1.0),
             "sweep": sweep,
+            "by_lesion_size": by_lesion_size(cases, k, list(size_bins)),
         }
     return report
 
@@ -126,7 +171,21 @@ def markdown(report: dict, class_names: dict[int, str]) -> str:
                 )
             ]
             lines.append(f"| {row['offset']:g} | " + " | ".join(cells) + " |")
+        lines.append("\n| lesion voxels (model grid) | lesions | detected | cases | plain argmax Dice |")
+        lines.append("| --- | --- | --- | --- | --- |")
+        for row in result["by_lesion_size"]:
+            low, high = row["voxels"]
+            span = f">= {low}" if high is None else f"{low}-{high - 1}"
+            lines.append(
+                f"| {span} | {row['lesions']} | {row['detected']:.2f} | {row['cases']} | {row['plain_dice']:.3f} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _relative(path: str) -> str:
+    """``path`` relative to the repository root where it lies inside it (reports name no machine's folders)."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else path
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -135,6 +194,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--localiser_ckpt_path", default=str(ROOT / "models" / "localiser.pt"))
     parser.add_argument("--dataset_dir", default=str(ROOT / "data" / "phantom_pancreas"))
     parser.add_argument("--split", default="validation", help="dataset list of inlier cases")
+    parser.add_argument("--extra_dataset_dirs", nargs="*", default=[], help="datasets whose --split list is pooled")
+    parser.add_argument("--max_cases", type=int, default=None, help="only the first N cases of the pooled list")
+    parser.add_argument("--size_bins", default="120,250", help="comma-separated lesion-size bin edges (voxels)")
     parser.add_argument("--configs", nargs="*", default=[], help="configs layered on train.json, e.g. the baseline's")
     parser.add_argument("--offsets", default="0,1,2,3,4,5,6,7,8,10", help="comma-separated offsets")
     parser.add_argument("--out", required=True, help="JSON report; the markdown goes next to it")
@@ -148,7 +210,13 @@ def main(argv: list[str] | None = None) -> dict:
             "dataset_dir": args.dataset_dir,
             "ckpt_dir": args.ckpt_dir,
             "localiser_ckpt_path": args.localiser_ckpt_path,
-            "calibrate#dataset#data": f"$bundle.data.load_datalist(@dataset, {args.split!r})",
+            "calibration_datalist": "$("
+            + " + ".join(
+                f"bundle.data.load_datalist({d}, {args.split!r})"
+                for d in ["@dataset", *(repr(str(Path(x).resolve())) for x in args.extra_dataset_dirs)]
+            )
+            + ")"
+            + ("" if args.max_cases is None else f"[: {int(args.max_cases)}]"),
             **parse_overrides(rest),
         }
     )
@@ -159,11 +227,14 @@ def main(argv: list[str] | None = None) -> dict:
         cases,
         config.get_parsed_content("hysteresis_classes"),
         [float(b) for b in args.offsets.split(",")],
+        [int(b) for b in args.size_bins.split(",")],
     )
     report["settings"] = {
         "ckpt_dir": args.ckpt_dir,
-        "dataset_dir": args.dataset_dir,
+        "dataset_dir": _relative(args.dataset_dir),
         "split": args.split,
+        "extra_dataset_dirs": args.extra_dataset_dirs,
+        "max_cases": args.max_cases,
         "configs": args.configs,
     }
     out = Path(args.out)

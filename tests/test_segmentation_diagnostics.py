@@ -25,3 +25,26 @@ def test_the_report_shows_the_rim_lost_to_the_organ_and_the_prior_making_a_false
     assert grown["hysteresis_all_cases"] == pytest.approx(1.0)
     assert grown["hysteresis_cases_with_class"] == pytest.approx(1.0)
     assert "| 2 | 0.484 | 0.969 | 1.000 | 1.000 |" in markdown(report, {0: "background", 1: "organ", 2: "tumour"})
+
+
+def test_lesions_are_binned_by_size_and_counted_as_found_when_the_argmax_touches_them():
+    label = np.ones((12, 12, 6), dtype=np.int64)
+    label[0:2, 0:2, 0:2] = 2  # 8 voxels, found by one voxel
+    label[4:10, 4:10, 1:5] = 2  # 144 voxels, missed
+    values = np.zeros((3, *label.shape), dtype=np.float32)
+    values[1] = 1.0
+    values[2, 0, 0, 0] = 2.0
+    small_case = np.ones_like(label)
+    small_case[6:8, 6:8, 2] = 2  # a second case: one 4-voxel lesion, found whole
+    small_values = np.zeros((3, *label.shape), dtype=np.float32)
+    small_values[1] = 1.0
+    small_values[2][small_case == 2] = 2.0
+    report = diagnose([(values, label), (small_values, small_case)], [2], [0.0], size_bins=[10, 100])
+    small, middle, large = report["classes"]["2"]["by_lesion_size"]
+    assert (small["lesions"], small["detected"]) == (2, 1.0)
+    assert middle["lesions"] == 0
+    assert (large["lesions"], large["detected"]) == (1, 0.0)
+    # the cases are binned by their class volume: 4 voxels (Dice 1), 152 voxels (one of them found)
+    assert (small["cases"], small["plain_dice"]) == (1, pytest.approx(1.0))
+    assert (large["cases"], large["plain_dice"]) == (1, pytest.approx(2 / 153))
+    assert "| >= 100 | 1 | 0.00 | 1 | 0.013 |" in markdown(report, {0: "background", 1: "organ", 2: "tumour"})

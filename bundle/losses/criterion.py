@@ -1,5 +1,5 @@
 """Training criterion of the mask transformer: segmentation loss + QD loss (+ MaxQuery margin, + query compactness,
-+ query balance), with deep supervision."""
++ query balance), with deep supervision; optionally small lesions weighted up in the segmentation loss."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from torch import nn
 
 from .balance import QueryBalanceLoss
 from .compactness import QueryCompactnessLoss
+from .lesion_weights import lesion_size_weights
 from .outlier import MaxQueryMarginLoss
 from .query_distribution import QueryDistributionLoss
 from .segmentation import ProbabilityDiceCELoss, as_index_label
@@ -61,6 +62,12 @@ class MaxQueryCriterion(nn.Module):
             similarities; 0 disables it.
         inlier_margin: the least nearest-centre similarity of an inlier voxel.
         outlier_margin: the largest nearest-centre similarity of an outlier voxel.
+        lesion_classes: the classes whose connected components (lesions) are weighted by size in the segmentation
+            loss (see :func:`~bundle.losses.lesion_weights.lesion_size_weights`); needed when
+            ``lesion_max_weight > 1``.
+        lesion_reference_voxels: lesions with at least this many voxels (in the patch) keep weight 1.
+        lesion_max_weight: the weight of the smallest lesions' voxels in the segmentation loss's cross-entropy and
+            Dice sums; 1 turns the weighting off. The QD, balance and margin losses are not weighted.
     """
 
     def __init__(
@@ -82,6 +89,9 @@ class MaxQueryCriterion(nn.Module):
         margin_weight: float = 0.0,
         inlier_margin: float = 0.8,
         outlier_margin: float = 0.4,
+        lesion_classes: Sequence[int] | None = None,
+        lesion_reference_voxels: float = 250.0,
+        lesion_max_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if isinstance(deep_supervision_weights, str) and deep_supervision_weights != "auto":
@@ -123,6 +133,19 @@ class MaxQueryCriterion(nn.Module):
         self.outlier_label = None if outlier_label is None else int(outlier_label)
         self.margin_weight = float(margin_weight)
         self.margin_loss = MaxQueryMarginLoss(inlier_margin, outlier_margin) if margin_weight > 0 else None
+        if lesion_max_weight < 1:
+            raise ValueError(f"lesion_max_weight must be >= 1 (1 = off), got {lesion_max_weight}.")
+        if lesion_reference_voxels <= 0:
+            raise ValueError(f"lesion_reference_voxels must be positive, got {lesion_reference_voxels}.")
+        if lesion_max_weight > 1:
+            if not lesion_classes:
+                raise ValueError("lesion_max_weight > 1 needs lesion_classes (the classes whose lesions are weighted).")
+            bad = [k for k in lesion_classes if not 0 < int(k) < num_classes]
+            if bad:
+                raise ValueError(f"lesion_classes {bad} are not foreground classes (1..{num_classes - 1}).")
+        self.lesion_classes = [int(k) for k in lesion_classes or ()]
+        self.lesion_reference_voxels = float(lesion_reference_voxels)
+        self.lesion_max_weight = float(lesion_max_weight)
 
     def layer_weights(self, num_layers: int) -> list[float]:
         """Un-normalised weight of each decoder layer (layer order, final last) for ``num_layers`` layers."""
@@ -144,8 +167,9 @@ class MaxQueryCriterion(nn.Module):
         target: torch.Tensor,
         group_target: torch.Tensor | None,
         valid: torch.Tensor | None,
+        seg_weights: torch.Tensor | None,
     ) -> torch.Tensor:
-        loss = self.seg_weight * self.seg_loss.loss_flat(pred, target, valid)
+        loss = self.seg_weight * self.seg_loss.loss_flat(pred, target, seg_weights)
         if self.qd_loss is not None and group_target is not None:
             if query_probs is None:
                 raise KeyError("the QD loss needs the query assignments ('query_probs') in the network outputs.")
@@ -161,10 +185,11 @@ class MaxQueryCriterion(nn.Module):
         """
         label, outlier = self._split_outliers(label)
         valid = ~outlier.flatten(1) if bool(outlier.any()) else None
+        seg_weights = self._segmentation_weights(label, valid)
         if isinstance(outputs, torch.Tensor):
             probs = outputs[:, : self.num_classes]
             target = self.seg_loss.flat_target(label, self.num_classes)
-            return self.seg_weight * self.seg_loss.loss_flat(probs, target, valid)
+            return self.seg_weight * self.seg_loss.loss_flat(probs, target, seg_weights)
         if "pred" not in outputs:
             raise KeyError(f"network outputs must contain 'pred'; got keys {sorted(outputs)}.")
         pred = outputs["pred"]
@@ -183,7 +208,9 @@ class MaxQueryCriterion(nn.Module):
         for (pred_key, probs_key), w in zip(layers, weights, strict=True):
             if w == 0:
                 continue
-            loss = w * self._layer_loss(outputs[pred_key], outputs.get(probs_key), target, group_target, valid)
+            loss = w * self._layer_loss(
+                outputs[pred_key], outputs.get(probs_key), target, group_target, valid, seg_weights
+            )
             total = loss if total is None else total + loss
             norm += w
         if total is None:
@@ -206,6 +233,13 @@ class MaxQueryCriterion(nn.Module):
                 outputs["query_similarity"], target, outlier.flatten(1)
             )
         return total
+
+    def _segmentation_weights(self, label: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor | None:
+        """``(B, V)`` voxel weights of the segmentation loss: the lesion-size weights (if on) times ``valid``."""
+        if self.lesion_max_weight <= 1:
+            return valid
+        weights = lesion_size_weights(label, self.lesion_classes, self.lesion_reference_voxels, self.lesion_max_weight)
+        return weights if valid is None else weights * valid
 
     def _split_outliers(self, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The label with outlier voxels set to class 0 (a placeholder: they are masked out), and the outlier

@@ -46,7 +46,9 @@ def dice_ce_from_probs(
         smooth: Dice numerator/denominator smoothing.
         eps: probability floor before the logarithm.
         valid: optional ``(B, V)`` mask of the voxels that count; the others (e.g. synthetic outliers, whose class
-            is "none of them") are left out of both terms. ``None``: every voxel counts.
+            is "none of them") are left out of both terms. ``None``: every voxel counts. Non-negative float
+            weights are taken as they are: a voxel of weight ``w`` counts ``w`` times in the cross-entropy's mean and
+            in the Dice sums.
 
     Returns:
         scalar loss.
@@ -119,7 +121,7 @@ class ProbabilityDiceCELoss(nn.Module):
 
     def loss_flat(self, probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Loss of ``(B, C, *spatial)`` probabilities against an already flattened, validated ``(B, V)`` target
-        (``valid``: optional ``(B, V)`` mask of the voxels that count)."""
+        (``valid``: optional ``(B, V)`` mask or non-negative weights of the voxels, see :func:`dice_ce_from_probs`)."""
         with torch.autocast(device_type=probs.device.type, enabled=False):
             return dice_ce_from_probs(probs.float().flatten(2), target, valid=valid, **self.kwargs)
 
