@@ -82,12 +82,12 @@ def by_lesion_size(cases: list[tuple[np.ndarray, np.ndarray]], class_index: int,
         truth = label == class_index
         if not truth.any():
             continue
-        plain = values.argmax(axis=0) == class_index
+        plain = values.argmax(axis=0)
         components, count = ndimage.label(truth)
         sizes = np.bincount(components.ravel())[1:]
-        touched = np.unique(components[plain & truth])
+        touched = np.unique(components[(plain == class_index) & truth])
         lesions += [(int(sizes[i - 1]), i in touched) for i in range(1, count + 1)]
-        case_dices.append((int(truth.sum()), case_dice(values.argmax(axis=0), label, class_index)))
+        case_dices.append((int(truth.sum()), case_dice(plain, label, class_index)))
     rows = []
     for low, high in zip(edges[:-1], edges[1:], strict=True):
         inside = [found for size, found in lesions if size >= low and (high is None or size < high)]
@@ -108,7 +108,7 @@ def diagnose(
     cases: list[tuple[np.ndarray, np.ndarray]],
     tumour_classes: list[int],
     offsets: list[float],
-    size_bins: list[int] = (120, 250),
+    size_bins: tuple[int, ...] | list[int] = (120, 250),
 ) -> dict:
     """The figures of the module docstring for ``cases`` (see :func:`collect_cases`)."""
     num_classes = cases[0][0].shape[0]
