@@ -1,1 +1,1 @@
-"""Command-line entry points that chain bundle configs: the end-to-end pipeline and packaging."""
+"""Command-line entry points: the end-to-end pipeline, packaging, checkpoint averaging, the PACS helpers."""
