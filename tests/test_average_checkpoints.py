@@ -57,6 +57,9 @@ def test_the_command_writes_a_loadable_average_and_never_overwrites_an_input(tmp
     torch.testing.assert_close(loaded[0].weight, (nets[0][0].weight + nets[1][0].weight) / 2)
     with pytest.raises(SystemExit, match="is one of the inputs"):
         main([str(p) for p in paths] + ["--out", str(paths[0])])
-    with pytest.raises(SystemExit, match="cannot read the checkpoint"):
+    with pytest.raises(SystemExit, match="checkpoint not found: .*missing.pt"):
         main([str(paths[0]), str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.pt")])
+    (tmp_path / "truncated.pt").write_bytes(paths[0].read_bytes()[:20])
+    with pytest.raises(SystemExit, match="cannot read the checkpoint .*truncated.pt"):
+        main([str(paths[0]), str(tmp_path / "truncated.pt"), "--out", str(tmp_path / "x.pt")])
     assert not (tmp_path / "x.pt").exists()

@@ -73,10 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     if any(Path(c).resolve() == out.resolve() for c in args.checkpoints):
         raise SystemExit(f"--out {out} is one of the inputs: write the average elsewhere.")
+    missing = [path for path in args.checkpoints if not Path(path).is_file()]
+    if missing:
+        raise SystemExit(f"checkpoint not found: {', '.join(missing)}")
     try:
         states = [read_state_dict(path) for path in args.checkpoints]
         averaged = average_state_dicts(states, args.checkpoints)
-    except (FileNotFoundError, ValueError) as err:
+    except ValueError as err:
         raise SystemExit(str(err)) from err
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda f: torch.save(averaged, f))
