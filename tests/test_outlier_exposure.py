@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from scipy import ndimage
 
+from bundle.configs import config_files
 from bundle.losses import MaxQueryCriterion, MaxQueryMarginLoss
 from bundle.transforms import RandAlteredLesiond, RandForeignTissueAnomalyd
 
@@ -219,3 +223,35 @@ def test_shell_lies_along_the_lesions_outline():
             shells += 1
             assert change[(depth > 0) & (depth <= 2.0)].mean() > 0.02
     assert shells >= 3, "a shell is drawn in about half of the alterations"
+
+
+def _small_and_large_tumour_patch() -> dict:
+    data = _large_tumour_patch()
+    data["label"][0, 24:27, 24:27, 12:14] = 2  # 18 voxels, inside the organ, apart from the large tumour
+    return data
+
+
+def test_lesions_under_the_size_floor_keep_their_class_and_look():
+    data = _small_and_large_tumour_patch()
+    small = data["label"][0] == 2
+    large = data["label"][0] == 3
+    floored = RandAlteredLesiond(keys="image", prob=1.0, min_voxels=100, spacing=(2.0, 2.0, 3.0))
+    unfloored = RandAlteredLesiond(keys="image", prob=1.0, min_voxels=8, spacing=(2.0, 2.0, 3.0))
+    small_altered = 0
+    for seed in range(20):
+        floored.set_random_state(seed)
+        out = floored(dict(data))
+        assert torch.equal(out["label"][0] == 255, large), "only the lesion above the floor becomes an outlier"
+        assert (out["label"][0][small] == 2).all()
+        assert (out["image"] - data["image"]).abs()[0][small].max() == 0.0
+        unfloored.set_random_state(seed)
+        small_altered += int((unfloored(dict(data))["label"][0][small] == 255).all())
+    assert small_altered > 0, "without the floor the small lesion is altered too"
+
+
+def test_train_config_wires_the_size_floor():
+    parser = ConfigParser()
+    parser.read_config(config_files("train.json", root=Path(__file__).resolve().parents[1]))
+    parser["outlier_exposure"]["min_lesion_voxels"] = 120
+    altered = [t for t in parser.get_parsed_content("train#random_transforms") if isinstance(t, RandAlteredLesiond)]
+    assert [t.min_voxels for t in altered] == [120]

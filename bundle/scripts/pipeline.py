@@ -36,7 +36,7 @@ __all__ = ["main", "parse_overrides", "run_pipeline"]
 logger = logging.getLogger(__name__)
 
 
-CPU_BUDGET_EPOCHS = 30
+CPU_BUDGET_EPOCHS = 40
 STAGES = {
     "localiser": ["$@localiser_train#trainer.run()"],
     "mask_transformer": ["$@train#trainer.run()"],
