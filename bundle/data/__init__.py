@@ -3,7 +3,15 @@
 The phantom CT generator that writes the default dataset is the subpackage :mod:`bundle.data.phantom`.
 """
 
-from .datalist import CASE_LISTS, DatasetError, inlier_labels, load_datalist, load_dataset_json, ood_label_values
+from .datalist import (
+    CASE_LISTS,
+    DatasetError,
+    inlier_labels,
+    load_datalist,
+    load_datalists,
+    load_dataset_json,
+    ood_label_values,
+)
 from .default_dataset import ensure_dataset
 from .files import list_images, require_file
 
@@ -14,6 +22,7 @@ __all__ = [
     "inlier_labels",
     "list_images",
     "load_datalist",
+    "load_datalists",
     "load_dataset_json",
     "ood_label_values",
     "require_file",

@@ -15,6 +15,7 @@ __all__ = [
     "DatasetError",
     "inlier_labels",
     "load_datalist",
+    "load_datalists",
     "load_dataset_json",
     "ood_label_values",
 ]
@@ -155,3 +156,39 @@ def ood_label_values(dataset_dir: str | Path) -> list[int]:
     """The OOD lesion label values (``ood_labels`` keys), sorted; empty when the dataset has none."""
     data = load_dataset_json(dataset_dir)
     return sorted(_label_map(data.get("ood_labels", {}), "ood_labels", _dataset_file(dataset_dir)))
+
+
+def load_datalists(
+    dataset_dirs: list[str | Path] | tuple[str | Path, ...],
+    key: str = "training",
+    labels_like: str | Path | None = None,
+    check_files: bool = True,
+) -> list[dict]:
+    """The case lists ``key`` of several datasets, concatenated (e.g. extra training cases beside the main dataset).
+
+    Args:
+        dataset_dirs: dataset folders, in order; an empty sequence gives an empty list.
+        key: the list to load from each, e.g. ``training`` or ``validation``.
+        labels_like: a dataset whose inlier labels each of ``dataset_dirs`` must share, so that cases labelled
+            with another class set are not mixed in.
+        check_files: verify that every listed file exists.
+
+    Raises:
+        DatasetError: ``dataset_dirs`` is a string (one folder, not a list), a dataset lacks ``key``, or its
+            inlier labels differ from those of ``labels_like`` (the message names both datasets).
+        FileNotFoundError: a missing folder, ``dataset.json`` or listed file.
+    """
+    if isinstance(dataset_dirs, (str, Path)):
+        raise DatasetError(
+            f"dataset_dirs must be a list of dataset folders, got the single path {str(dataset_dirs)!r}."
+        )
+    expected = inlier_labels(labels_like) if labels_like is not None else None
+    items: list[dict] = []
+    for dataset_dir in dataset_dirs:
+        if expected is not None and inlier_labels(dataset_dir) != expected:
+            raise DatasetError(
+                f"{dataset_dir}: inlier labels {inlier_labels(dataset_dir)} differ from those of {labels_like} "
+                f"({expected}); its cases cannot be mixed in."
+            )
+        items += load_datalist(dataset_dir, key, check_files=check_files)
+    return items
