@@ -158,6 +158,12 @@ def test_ohif_with_orthanc_segments_proposes_the_ood_study_and_stores_the_label(
     # scores for the active-learning strategy
     task = client.post("/scoring/maxquery_ood").json()
     assert wait_for_task(client, "scoring", task["id"])["status"] == "DONE"
+    scores = {
+        study: client.get("/datastore/image/info", params={"image": study.series_uid}).json()["maxquery_ood_score"]
+        for study in (inlier, ood)
+    }
+    assert all(isinstance(score, float) for score in scores.values()), scores
+    proposed = max(scores, key=scores.get)
 
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -214,14 +220,14 @@ def test_ohif_with_orthanc_segments_proposes_the_ood_study_and_stores_the_label(
             )[:3]
             assert close_to(after, tuple(suspected_rgb)).sum() > 5
 
-            # Next Sample with the MaxQuery OOD strategy proposes the OOD study
+            # Next Sample with the MaxQuery OOD strategy proposes the study with the higher stored score (which of
+            # the two that is depends on the model; the benchmark measures how often an OOD case ranks first)
             page.get_by_text("Active Learning").click()
             assert "maxquery_ood" in page.locator("select.actionInput").first.inner_text()
             page.get_by_text("Next Sample").click()
             page.get_by_text("Active Learning - Next Sample").wait_for()
             dialog = page.locator(".nextSampleForm").first
-            # the OOD study has the higher stored MaxQuery score of the two (PHANTOM_SEED is one where it does)
-            assert ood.patient_id in dialog.inner_text() and ood.series_uid in dialog.inner_text()
+            assert proposed.patient_id in dialog.inner_text() and proposed.series_uid in dialog.inner_text()
             page.screenshot(path=str(screenshots / "ohif_next_sample.png"))
             page.keyboard.press("Escape")
 
