@@ -49,7 +49,7 @@ from bundle.data import ensure_dataset
 from bundle.data.files import atomic_write, atomic_write_text
 from bundle.networks.checkpoint import read_state_dict
 from bundle.scripts.average_checkpoints import average_state_dicts
-from bundle.scripts.pipeline import parse_overrides
+from bundle.scripts.pipeline import _device, parse_overrides
 
 __all__ = ["RecipeError", "load_recipe", "main", "run_recipe", "stage_status"]
 
@@ -201,8 +201,6 @@ def run_recipe(
     if dataset_dir is not None:
         base["dataset_dir"] = str(Path(dataset_dir).resolve())
     if device is not None:
-        from bundle.scripts.pipeline import _device
-
         base["device"] = _device(device)
     extra = dict(overrides or {})
     _check_overrides(extra, "command-line overrides")
