@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bundle.configs import config_files  # noqa: E402
+from bundle.data import load_datalist, load_datalists  # noqa: E402
 from bundle.scripts.pipeline import parse_overrides  # noqa: E402
 from bundle.transforms.hysteresis import case_dice, crop_to_foreground, hysteresis_argmax, log_scores  # noqa: E402
 
@@ -204,22 +205,20 @@ def main(argv: list[str] | None = None) -> dict:
     config = ConfigParser()
     config.read_meta(str(ROOT / "metadata.json"))
     config.read_config(config_files("train.json", *args.configs, root=ROOT))
+    overrides = parse_overrides(rest)
     config.update(
         {
             "bundle_root": str(ROOT),
             "dataset_dir": args.dataset_dir,
             "ckpt_dir": args.ckpt_dir,
             "localiser_ckpt_path": args.localiser_ckpt_path,
-            "calibration_datalist": "$("
-            + " + ".join(
-                f"bundle.data.load_datalist({d}, {args.split!r})"
-                for d in ["@dataset", *(repr(str(Path(x).resolve())) for x in args.extra_dataset_dirs)]
-            )
-            + ")"
-            + ("" if args.max_cases is None else f"[: {int(args.max_cases)}]"),
-            **parse_overrides(rest),
+            **overrides,
         }
     )
+    if "calibration_datalist" not in overrides:
+        dataset = config.get_parsed_content("dataset")
+        pooled = load_datalist(dataset, args.split) + load_datalists(args.extra_dataset_dirs, args.split)
+        config["calibration_datalist"] = pooled[: args.max_cases]
     # the checkpoint loader only: no calibration is written
     config["calibrate#handlers"] = [h for h in config["calibrate#handlers"] if "CheckpointLoader" in h["_target_"]]
     cases = collect_cases(config)

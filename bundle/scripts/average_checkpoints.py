@@ -22,7 +22,7 @@ import torch
 from bundle.data.files import atomic_write
 from bundle.networks.checkpoint import read_state_dict
 
-__all__ = ["average_state_dicts", "main"]
+__all__ = ["average_checkpoint_files", "average_state_dicts", "main"]
 
 
 def average_state_dicts(states: Sequence[dict[str, torch.Tensor]], names: Sequence[str] | None = None) -> dict:
@@ -64,6 +64,17 @@ def average_state_dicts(states: Sequence[dict[str, torch.Tensor]], names: Sequen
     return averaged
 
 
+def average_checkpoint_files(checkpoints: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Read ``checkpoints``, average them (:func:`average_state_dicts`) and write the mean to ``out`` atomically.
+
+    Raises:
+        ValueError: the checkpoints differ (see :func:`average_state_dicts`) or one is unreadable.
+    """
+    states = [read_state_dict(path) for path in checkpoints]
+    averaged = average_state_dicts(states, [os.fspath(path) for path in checkpoints])
+    return atomic_write(out, lambda f: torch.save(averaged, f))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,13 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         raise SystemExit(f"checkpoint not found: {', '.join(missing)}")
     try:
-        states = [read_state_dict(path) for path in args.checkpoints]
-        averaged = average_state_dicts(states, args.checkpoints)
+        average_checkpoint_files(args.checkpoints, out)
     except ValueError as err:
         raise SystemExit(str(err)) from err
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda f: torch.save(averaged, f))
-    print(f"averaged {len(states)} checkpoints -> {os.fspath(out)}")
+    print(f"averaged {len(args.checkpoints)} checkpoints -> {os.fspath(out)}")
     return 0
 
 

@@ -46,9 +46,8 @@ from monai.bundle import run
 
 from bundle.configs import config_files
 from bundle.data import ensure_dataset
-from bundle.data.files import atomic_write, atomic_write_text
-from bundle.networks.checkpoint import read_state_dict
-from bundle.scripts.average_checkpoints import average_state_dicts
+from bundle.data.files import atomic_write_text
+from bundle.scripts.average_checkpoints import average_checkpoint_files
 from bundle.scripts.pipeline import _device, parse_overrides
 
 __all__ = ["RecipeError", "load_recipe", "main", "run_recipe", "stage_status"]
@@ -240,7 +239,7 @@ def run_recipe(
                 run(config_file=train_config, **common, **stage_overrides)
             elif kind == "average":
                 sources = [work / ref / "models" / "model.pt" for ref in stage["average"]]
-                _save_state(folder / "models" / "model.pt", [read_state_dict(p) for p in sources], sources)
+                average_checkpoint_files(sources, folder / "models" / "model.pt")
             else:  # calibrate
                 models = folder / "models"
                 models.mkdir(parents=True, exist_ok=True)
@@ -258,11 +257,6 @@ def run_recipe(
         if name == until:
             break
     return rows
-
-
-def _save_state(path: Path, states: list[dict], sources: list[Path]) -> None:
-    averaged = average_state_dicts(states, [str(p) for p in sources])
-    atomic_write(path, lambda handle: torch.save(averaged, handle))
 
 
 def _format(rows: list[dict[str, Any]]) -> str:
