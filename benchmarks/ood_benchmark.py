@@ -65,6 +65,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.concurrent_runs import PROBE_EPOCHS, fit_epochs, run_concurrently  # noqa: E402
 from bundle.configs import config_files, flatten_configs  # noqa: E402
 from bundle.data import ensure_dataset, load_datalist, ood_label_values  # noqa: E402
+from bundle.handlers import ROI_VOXEL_KEYS  # noqa: E402
 from bundle.scripts.pipeline import parse_overrides  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
@@ -276,9 +277,8 @@ def bootstrap_intervals(work: Path, name: str, num_replicates: int = 1000, seed:
                 if missing or len(order) != len(rows):
                     raise ValueError(f"{scores_path} and per_case.csv list different cases (e.g. {missing[:3]}).")
                 rows = [by_case[key] for key in order]
-                case_keys = ("is_ood", "case_index", "case_names", "case_groups")
                 pixel = {
-                    "roi_scores": {m: roi[m] for m in roi.files if m not in case_keys},
+                    "roi_scores": {m: roi[m] for m in roi.files if m not in ROI_VOXEL_KEYS},
                     "is_ood": roi["is_ood"],
                     "case_index": roi["case_index"],
                 }
@@ -353,10 +353,42 @@ def markdown(report: dict) -> str:
                 for c in report["classes"]
             )
             lines.append(f"| {name}, plain argmax | {plain} | | |")
+    lines.extend(by_ood_type_table(report))
     lines.append("\nTargets for c with MaxQuery (met?):")
     for key, (value, met) in report["targets"].items():
         lines.append(f"- {key}: {value:.3f} ({'yes' if met else 'no'})")
     return "\n".join(lines) + "\n"
+
+
+def by_ood_type_table(report: dict) -> list[str]:
+    """Markdown lines: pixel / case AUROC of each OOD lesion type on its own (``metrics.json`` ``by_ood_type``), for
+    MaxQuery and each model's best other score (by pooled pixel AUROC); empty if no evaluation has the breakdown."""
+    columns = []
+    for name, result in report["models"].items():
+        metrics = result["metrics"]
+        if not metrics.get("by_ood_type"):
+            continue
+        others = [m for m in metrics["pixel_ood"] if m != "maxquery"]
+        picked = (["maxquery"] if "maxquery" in metrics["pixel_ood"] else []) + (
+            [max(others, key=lambda m: metrics["pixel_ood"][m]["auroc"])] if others else []
+        )
+        columns += [(name, method) for method in picked]
+    if not columns:
+        return []
+    types = next(r["metrics"]["by_ood_type"] for r in report["models"].values() if r["metrics"].get("by_ood_type"))
+    lines = [
+        "\nEach OOD lesion type on its own: pixel AUROC (its voxels against every non-OOD ROI voxel) / case AUROC "
+        "(the OOD cases holding it against the inlier cases), for MaxQuery and each model's best other score.\n",
+        "| OOD type | cases | voxels | " + " | ".join(f"{name} {method}" for name, method in columns) + " |",
+        "| --- " * (len(columns) + 3) + "|",
+    ]
+    for type_name, counts in types.items():
+        cells = []
+        for name, method in columns:
+            values = report["models"][name]["metrics"]["by_ood_type"].get(type_name)
+            cells.append(f"{values['pixel_auroc'][method]:.3f} / {values['case_auroc'][method]:.2f}" if values else "-")
+        lines.append(f"| {type_name} | {counts['cases']} | {counts['voxels']} | {' | '.join(cells)} |")
+    return lines
 
 
 def plot_curves(names: list[str], work: Path, out: Path) -> None:
@@ -367,7 +399,7 @@ def plot_curves(names: list[str], work: Path, out: Path) -> None:
         scores = np.load(work / name / "evaluation" / "roi_scores.npz")
         is_ood = scores["is_ood"]
         for method in scores.files:
-            if method in ("is_ood", "case_index", "case_names", "case_groups"):
+            if method in ROI_VOXEL_KEYS:
                 continue
             line = {"color": f"C{colour}", "linestyle": styles.get(method, ":"), "label": f"{name} {method}"}
             line["linewidth"] = 2.0 if method == "maxquery" else 1.0

@@ -188,6 +188,10 @@ def test_evaluate_writes_metrics(trained, dataset, tmp_path):
         assert 0.0 <= values["auroc"] <= 1.0 and 0.0 <= values["aupr"] <= 1.0
     rows = list(csv.DictReader((out / "per_case.csv").open()))
     assert sorted(r["group"] for r in rows) == ["test", "test", "test_ood", "test_ood"]
+    # the breakdown names the dataset's OOD lesion types, each present type with its cases
+    present = {t for r in rows for t in r["ood_types"].split(";") if t}
+    assert present and set(metrics["by_ood_type"]) == present
+    assert all(v["cases"] >= 1 and 0.0 <= v["pixel_auroc"]["maxquery"] <= 1.0 for v in metrics["by_ood_type"].values())
 
 
 def test_every_cascade_feeds_the_networks_the_training_intensities(trained, dataset):

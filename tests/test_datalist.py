@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bundle.data.datalist import DatasetError, inlier_labels, load_datalist, load_dataset_json, ood_label_values
+from bundle.data.datalist import (
+    DatasetError,
+    inlier_labels,
+    load_datalist,
+    load_dataset_json,
+    ood_label_names,
+    ood_label_values,
+)
 from bundle.data.phantom import generate_dataset
 
 
@@ -27,6 +34,8 @@ def test_lists_resolve_to_existing_absolute_paths(dataset: Path):
                 assert Path(item[field]).is_absolute() and Path(item[field]).is_file()
     assert inlier_labels(dataset) == {0: "background", 1: "pancreas", 2: "pdac", 3: "pnet"}
     assert ood_label_values(dataset) == [4, 5, 6, 7]
+    names = ood_label_names(dataset)
+    assert list(names) == [4, 5, 6, 7] and names[5] == "solid_pseudopapillary"
 
 
 def test_monai_loads_matching_image_and_label(dataset: Path):
@@ -88,6 +97,6 @@ def test_plain_user_msd_dataset(dataset: Path, tmp_path: Path):
             }
         )
     )
-    assert ood_label_values(user) == []
+    assert ood_label_values(user) == [] and ood_label_names(user) == {}
     assert load_datalist(user, "test")[0]["image"] == str((user / "imagesTs" / "case_1.nii.gz").resolve())
     assert len(load_datalist(user, "training")) == 1

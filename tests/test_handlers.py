@@ -54,6 +54,29 @@ def test_evaluation_scores_a_perfect_maxquery_map_as_perfect(tmp_path):
     assert np.load(tmp_path / "roi_scores.npz")["is_ood"].sum() == 16
 
 
+def test_each_ood_type_is_scored_on_its_own(tmp_path):
+    # type 4 (cyst) is scored far above the inlier tissue, type 5 (pseudopapillary) below every organ voxel
+    cases = [_case("in_a", False, 0.0), _case("in_b", False, 0.0), _case("cyst", True, 5.0), _case("spt", True, -5.0)]
+    cases[3][0]["label"][cases[3][0]["label"] == 4] = 5
+    both = _case("both", True, 5.0)
+    both[0]["label"][0, 3:5, 3:5, 3] = 5  # half of its lesion is of type 5, with the same high score
+    cases.append(both)
+    handler = OODEvaluationHandler(
+        str(tmp_path), CLASSES, ood_labels=[4, 5, 6], roi_margin_voxels=1, ood_label_names={4: "cyst", 5: "spt"}
+    )
+    _run(cases, handler._reset, handler._collect, handler._finish)
+    by_type = json.loads((tmp_path / "metrics.json").read_text())["by_ood_type"]
+    assert list(by_type) == ["cyst", "spt"]  # type 6 has no voxel
+    assert (by_type["cyst"]["cases"], by_type["cyst"]["voxels"]) == (2, 8 + 4)
+    assert by_type["cyst"]["pixel_auroc"]["maxquery"] == 1.0 and by_type["cyst"]["case_auroc"]["maxquery"] == 1.0
+    # the 4 type-5 voxels of "both" rank above every inlier voxel, the 8 of "spt" below every one
+    assert by_type["spt"]["pixel_auroc"]["maxquery"] == pytest.approx(4 / 12, abs=0.01)
+    # case scores: "spt" ties with the inliers (its organ's 0 is its top score), "both" ranks above them
+    assert by_type["spt"]["cases"] == 2 and by_type["spt"]["case_auroc"]["maxquery"] == 0.75
+    rows = {r["case"]: r for r in csv.DictReader((tmp_path / "per_case.csv").open())}
+    assert (rows["both"]["ood_types"], rows["spt"]["ood_types"], rows["in_a"]["ood_types"]) == ("cyst;spt", "spt", "")
+
+
 def test_smoothing_changes_the_pixel_scores_of_every_method_but_not_the_case_scores(tmp_path):
     cases = [_case("in_a", False, 0.0), _case("ood_a", True, 5.0)]
     gen = torch.Generator().manual_seed(0)

@@ -84,3 +84,38 @@ def test_markdown_shows_the_plain_argmax_dice_beside_the_delivered_segmentation(
     assert "| c_mask_transformer_qd | 0.800 | 0.100 | 2.0 | - |" in text
     assert "| c_mask_transformer_qd, plain argmax | 0.850 | 0.050 | | |" in text
     assert "a_dynunet, plain argmax" not in text  # no offsets: one segmentation
+
+
+def test_markdown_breaks_the_ood_figures_down_by_lesion_type():
+    def by_type(pixel: tuple[float, ...], case: tuple[float, ...]) -> dict:
+        scores = ("maxquery", "entropy", "msp")
+        return {
+            "cases": 3,
+            "voxels": 900,
+            "pixel_auroc": dict(zip(scores, pixel, strict=True)),
+            "case_auroc": dict(zip(scores, case, strict=True)),
+        }
+
+    ours = model(
+        {"maxquery": (0.9, 0.5, 0.2), "entropy": (0.8, 0.3, 0.4), "msp": (0.7, 0.2, 0.5)},
+        {"maxquery": 0.8, "entropy": 0.7, "msp": 0.6},
+        {"train_s": 2.0},
+    )
+    ours["metrics"]["by_ood_type"] = {
+        "cyst": by_type((0.99, 0.8, 0.7), (1.0, 0.9, 0.8)),
+        "spt": by_type((0.61, 0.7, 0.5), (0.5, 0.6, 0.4)),
+    }
+    report = {
+        "machine": "CPU Y",
+        "seeds": {},
+        "settings": {},
+        "classes": ["pancreas", "pdac"],
+        "models": {"a_dynunet": RESULTS["a_dynunet"], "c_mask_transformer_qd": ours},
+        "targets": {},
+    }
+    text = markdown(report)
+    # MaxQuery and the model's best other score (entropy); the DynUNet's evaluation has no breakdown
+    assert "| OOD type | cases | voxels | c_mask_transformer_qd maxquery | c_mask_transformer_qd entropy |" in text
+    assert "| spt | 3 | 900 | 0.610 / 0.50 | 0.700 / 0.60 |" in text
+    del ours["metrics"]["by_ood_type"]
+    assert "OOD type" not in markdown(report)

@@ -10,6 +10,7 @@ from .datalist import (
     load_datalist,
     load_datalists,
     load_dataset_json,
+    ood_label_names,
     ood_label_values,
 )
 from .default_dataset import ensure_dataset
@@ -24,6 +25,7 @@ __all__ = [
     "load_datalist",
     "load_datalists",
     "load_dataset_json",
+    "ood_label_names",
     "ood_label_values",
     "require_file",
 ]

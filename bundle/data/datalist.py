@@ -17,6 +17,7 @@ __all__ = [
     "load_datalist",
     "load_datalists",
     "load_dataset_json",
+    "ood_label_names",
     "ood_label_values",
 ]
 
@@ -156,6 +157,12 @@ def ood_label_values(dataset_dir: str | Path) -> list[int]:
     """The OOD lesion label values (``ood_labels`` keys), sorted; empty when the dataset has none."""
     data = load_dataset_json(dataset_dir)
     return sorted(_label_map(data.get("ood_labels", {}), "ood_labels", _dataset_file(dataset_dir)))
+
+
+def ood_label_names(dataset_dir: str | Path) -> dict[int, str]:
+    """OOD lesion label value -> lesion type name (``ood_labels``), sorted by value; empty when there is none."""
+    data = load_dataset_json(dataset_dir)
+    return dict(sorted(_label_map(data.get("ood_labels", {}), "ood_labels", _dataset_file(dataset_dir)).items()))
 
 
 def load_datalists(

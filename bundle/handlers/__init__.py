@@ -5,13 +5,14 @@ from .best_model import BestModelSaver
 from .calibration import OODCalibrationHandler
 from .case_writer import OODCaseWriter
 from .checkpoint_loader import NamedCheckpointLoader
-from .evaluation import BASELINE_METHODS, OODEvaluationHandler, format_metrics_table
+from .evaluation import BASELINE_METHODS, ROI_VOXEL_KEYS, OODEvaluationHandler, format_metrics_table
 from .training_state import ResumeTraining, TrainingStateSaver
 from .validation import FinalEpochValidationHandler
 
 __all__ = [
     "BestModelSaver",
     "BASELINE_METHODS",
+    "ROI_VOXEL_KEYS",
     "FinalEpochValidationHandler",
     "NamedCheckpointLoader",
     "OODCalibrationHandler",

@@ -33,12 +33,15 @@ from bundle.transforms.hysteresis import check_offsets, hysteresis_argmax
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
-__all__ = ["BASELINE_METHODS", "OODEvaluationHandler", "format_metrics_table"]
+__all__ = ["BASELINE_METHODS", "ROI_VOXEL_KEYS", "OODEvaluationHandler", "format_metrics_table"]
 
 logger = logging.getLogger(__name__)
 
 BASELINE_METHODS = ("msp", "max_logit", "energy", "entropy", "rba")
 """The built-in scores of the class output, which every segmentation network gives."""
+
+ROI_VOXEL_KEYS = ("is_ood", "ood_type", "case_index", "case_names", "case_groups")
+"""The arrays of ``roi_scores.npz`` that are not a score: every other array is one score's pooled ROI voxels."""
 
 PROTOCOL = {
     "dice": "per class on inlier test cases (ground truth and prediction on the model grid), averaged over cases; "
@@ -52,6 +55,9 @@ PROTOCOL = {
     "smoothing_sigma_mm millimetres (0 = not smoothed)",
     "case_ood": "case score = mean of the top top_k_fraction voxel scores (of the unsmoothed map) inside the "
     "predicted foreground (organ + tumours); AUROC of test_ood cases (positive) against test cases",
+    "by_ood_type": "for each OOD lesion type: pixel AUROC of that type's ROI voxels (positive) against every "
+    "non-OOD ROI voxel of every case (voxels of other OOD types left out), and case AUROC of the test_ood cases "
+    "holding that type (positive) against the test cases; a case with several types counts for each",
 }
 
 
@@ -92,11 +98,14 @@ class OODEvaluationHandler:
             hysteresis argmax (:func:`bundle.transforms.hysteresis_argmax`), as the inference delivers it; the
             plain argmax's Dice is then reported as well (``dice_argmax``). Case scores use the plain argmax's
             foreground, as the inference computes them before the segmentation is made.
+        ood_label_names: OOD label value -> lesion type name (e.g. ``bundle.data.ood_label_names(dataset)``), for
+            the per-type breakdown ``by_ood_type`` of ``metrics.json`` and the ``ood_types`` column of
+            ``per_case.csv``; a type without a name is keyed by its label value.
         save_scores: also write ``roi_scores.npz``: the pooled ROI voxel scores of every method and the OOD mask
-            ``is_ood``, for ROC and precision-recall curves, with ``case_index`` (int32, the case each voxel comes
-            from, numbering the cases in the order they were evaluated) and ``case_names`` / ``case_groups`` (the
-            name and ``test`` / ``test_ood`` group of each numbered case), for case-level bootstrap intervals
-            (:mod:`bundle.metrics.bootstrap`).
+            ``is_ood``, for ROC and precision-recall curves, with ``ood_type`` (int16, each voxel's OOD label value,
+            0 for the others), ``case_index`` (int32, the case each voxel comes from, numbering the cases in the
+            order they were evaluated) and ``case_names`` / ``case_groups`` (the name and ``test`` / ``test_ood``
+            group of each numbered case), for case-level bootstrap intervals (:mod:`bundle.metrics.bootstrap`).
     """
 
     def __init__(
@@ -118,6 +127,7 @@ class OODEvaluationHandler:
         per_case_filename: str = "per_case.csv",
         save_scores: bool = False,
         hysteresis_offsets: Mapping[int | str, float] | None = None,
+        ood_label_names: Mapping[int | str, str] | None = None,
     ) -> None:
         if input_type not in ("probabilities", "logits"):
             raise ValueError(f"input_type must be 'probabilities' or 'logits', got '{input_type}'.")
@@ -125,6 +135,8 @@ class OODEvaluationHandler:
         self.class_names = {int(k): str(v) for k, v in class_names.items()}
         self.num_classes = len(self.class_names)
         self.ood_labels = sorted(int(v) for v in ood_labels)
+        names = {int(k): str(v) for k, v in (ood_label_names or {}).items()}
+        self.ood_type_names = {value: names.get(value, str(value)) for value in self.ood_labels}
         self.roi_margin_voxels = roi_margin_voxels
         self.top_k_fraction = top_k_fraction
         if smoothing_sigma_mm < 0:
@@ -164,6 +176,8 @@ class OODEvaluationHandler:
         self.cases: list[dict] = []
         self.roi_scores: dict[str, list[np.ndarray]] = {m: [] for m in self.methods}
         self.roi_is_ood: list[np.ndarray] = []
+        self.roi_ood_type: list[np.ndarray] = []
+        self.case_ood_values: list[set[int]] = []
         self.roi_sizes: list[int] = []
         self.metrics: dict = {}
 
@@ -197,6 +211,8 @@ class OODEvaluationHandler:
             is_ood_case = bool(is_ood_voxel.any()) if group is None else bool(int(torch.as_tensor(group).item()))
             record: dict = {"case": case_name(item, batch_item), "group": "test_ood" if is_ood_case else "test"}
             record["ood_voxels"] = int(is_ood_voxel.sum())
+            present = [int(v) for v in torch.unique(label[is_ood_voxel]).tolist()]
+            record["ood_types"] = ";".join(self.ood_type_names[v] for v in present)
 
             if not is_ood_case:
                 segmentations = {"dice": pred_label}
@@ -220,13 +236,15 @@ class OODEvaluationHandler:
                     values = smooth_score_map(values, spacing, self.smoothing_sigma_mm)
                 self.roi_scores[method].append(values[roi].numpy().astype(np.float32))
             self.roi_is_ood.append(is_ood_voxel[roi].numpy())
+            self.roi_ood_type.append(torch.where(is_ood_voxel, label, 0)[roi].numpy().astype(np.int16))
             self.roi_sizes.append(int(roi.sum()))
             self.cases.append(record)
+            self.case_ood_values.append(set(present))
 
     def compute(self) -> dict:
         """The metrics of the cases seen so far."""
         inlier = [c for c in self.cases if c["group"] == "test"]
-        ood = [c for c in self.cases if c["group"] == "test_ood"]
+        ood = [(c, v) for c, v in zip(self.cases, self.case_ood_values, strict=True) if c["group"] == "test_ood"]
         prefixes = ("dice", "dice_argmax") if any(self.hysteresis_offsets.values()) else ("dice",)
         dice_of: dict[str, dict] = {prefix: {} for prefix in prefixes}
         for prefix, dice in dice_of.items():
@@ -240,13 +258,14 @@ class OODEvaluationHandler:
             scores = np.concatenate(self.roi_scores[method]) if self.roi_scores[method] else np.zeros(0)
             pixel[method] = pixel_ood_metrics(scores, is_ood)
             inlier_scores = [c[f"score_{method}"] for c in inlier]
-            ood_scores = [c[f"score_{method}"] for c in ood]
+            ood_scores = [c[f"score_{method}"] for c, _ in ood]
             case[method] = {"auroc": case_auroc(inlier_scores, ood_scores) if inlier and ood else float("nan")}
         return {
             "dice": dice_of["dice"],
             **({"dice_argmax": dice_of["dice_argmax"]} if "dice_argmax" in dice_of else {}),
             "pixel_ood": pixel,
             "case_ood": case,
+            "by_ood_type": self._by_ood_type(inlier, ood),
             "skipped_scores": dict(self.skipped),
             "num_cases": {"test": len(inlier), "test_ood": len(ood)},
             "num_roi_voxels": {"total": int(is_ood.size), "ood": int(is_ood.sum())},
@@ -261,6 +280,31 @@ class OODEvaluationHandler:
             "protocol": PROTOCOL,
         }
 
+    def _by_ood_type(self, inlier: list[dict], ood: list[tuple[dict, set[int]]]) -> dict:
+        """Pixel and case AUROC of every score for each OOD lesion type on its own (see ``PROTOCOL``)."""
+        voxel_type = np.concatenate(self.roi_ood_type) if self.roi_ood_type else np.zeros(0, dtype=np.int16)
+        pooled = {m: np.concatenate(v) if v else np.zeros(0) for m, v in self.roi_scores.items()}
+        results = {}
+        for value, name in self.ood_type_names.items():
+            positive = voxel_type == value
+            if not positive.any():
+                continue
+            keep = positive | (voxel_type == 0)
+            holding = [c for c, values in ood if value in values]
+            results[name] = {
+                "label": value,
+                "voxels": int(positive.sum()),
+                "cases": len(holding),
+                "pixel_auroc": {m: pixel_ood_metrics(pooled[m][keep], positive[keep])["auroc"] for m in self.methods},
+                "case_auroc": {
+                    m: case_auroc([c[f"score_{m}"] for c in inlier], [c[f"score_{m}"] for c in holding])
+                    if inlier and holding
+                    else float("nan")
+                    for m in self.methods
+                },
+            }
+        return results
+
     def _finish(self, engine: Engine) -> None:
         self.metrics = self.compute()
         atomic_write_text(self.output_dir / self.metrics_filename, json.dumps(self.metrics, indent=2) + "\n")
@@ -274,6 +318,7 @@ class OODEvaluationHandler:
         if self.save_scores:
             arrays = {m: np.concatenate(v) for m, v in self.roi_scores.items() if v}
             arrays["is_ood"] = np.concatenate(self.roi_is_ood)
+            arrays["ood_type"] = np.concatenate(self.roi_ood_type)
             arrays["case_index"] = np.repeat(np.arange(len(self.cases), dtype=np.int32), self.roi_sizes)
             # fixed-width unicode (not object) arrays, so that np.load needs no pickle to read them
             arrays["case_names"] = np.array([c["case"] for c in self.cases], dtype=str)
