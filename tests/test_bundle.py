@@ -21,6 +21,7 @@ from bad_inputs import BAD_IMAGES, BAD_LABELS, write_bad_image, write_bad_label
 
 from bundle.configs import COMMON_CONFIG, config_files
 from bundle.data.phantom import generate_dataset
+from bundle.handlers import ROI_VOXEL_KEYS
 
 pytestmark = pytest.mark.slow
 
@@ -520,5 +521,5 @@ def test_dynunet_baseline_by_configuration(dataset, tmp_path):
     assert "maxquery" not in metrics["pixel_ood"] and metrics["settings"]["input_type"] == "logits"
     scores = np.load(tmp_path / "evaluation" / "roi_scores.npz")
     methods = {"msp", "max_logit", "energy", "entropy", "rba"}
-    assert set(scores.files) == methods | {"is_ood", "case_index", "case_names", "case_groups"}
+    assert set(scores.files) == methods | set(ROI_VOXEL_KEYS)
     assert scores["is_ood"].sum() == metrics["num_roi_voxels"]["ood"] > 0
