@@ -155,8 +155,7 @@ def inlier_labels(dataset_dir: str | Path) -> dict[int, str]:
 
 def ood_label_values(dataset_dir: str | Path) -> list[int]:
     """The OOD lesion label values (``ood_labels`` keys), sorted; empty when the dataset has none."""
-    data = load_dataset_json(dataset_dir)
-    return sorted(_label_map(data.get("ood_labels", {}), "ood_labels", _dataset_file(dataset_dir)))
+    return list(ood_label_names(dataset_dir))
 
 
 def ood_label_names(dataset_dir: str | Path) -> dict[int, str]:

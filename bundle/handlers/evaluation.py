@@ -177,7 +177,6 @@ class OODEvaluationHandler:
         self.roi_scores: dict[str, list[np.ndarray]] = {m: [] for m in self.methods}
         self.roi_is_ood: list[np.ndarray] = []
         self.roi_ood_type: list[np.ndarray] = []
-        self.case_ood_values: list[set[int]] = []
         self.roi_sizes: list[int] = []
         self.metrics: dict = {}
 
@@ -211,8 +210,8 @@ class OODEvaluationHandler:
             is_ood_case = bool(is_ood_voxel.any()) if group is None else bool(int(torch.as_tensor(group).item()))
             record: dict = {"case": case_name(item, batch_item), "group": "test_ood" if is_ood_case else "test"}
             record["ood_voxels"] = int(is_ood_voxel.sum())
-            present = [int(v) for v in torch.unique(label[is_ood_voxel]).tolist()]
-            record["ood_types"] = ";".join(self.ood_type_names[v] for v in present)
+            present = torch.unique(label[is_ood_voxel]).tolist()
+            record["ood_types"] = ";".join(self.ood_type_names[int(v)] for v in present)
 
             if not is_ood_case:
                 segmentations = {"dice": pred_label}
@@ -239,12 +238,11 @@ class OODEvaluationHandler:
             self.roi_ood_type.append(torch.where(is_ood_voxel, label, 0)[roi].numpy().astype(np.int16))
             self.roi_sizes.append(int(roi.sum()))
             self.cases.append(record)
-            self.case_ood_values.append(set(present))
 
     def compute(self) -> dict:
         """The metrics of the cases seen so far."""
         inlier = [c for c in self.cases if c["group"] == "test"]
-        ood = [(c, v) for c, v in zip(self.cases, self.case_ood_values, strict=True) if c["group"] == "test_ood"]
+        ood = [c for c in self.cases if c["group"] == "test_ood"]
         prefixes = ("dice", "dice_argmax") if any(self.hysteresis_offsets.values()) else ("dice",)
         dice_of: dict[str, dict] = {prefix: {} for prefix in prefixes}
         for prefix, dice in dice_of.items():
@@ -253,19 +251,19 @@ class OODEvaluationHandler:
                 values = [v for v in values if not math.isnan(v)]
                 dice[self.class_names[class_id]] = float(np.mean(values)) if values else float("nan")
         is_ood = np.concatenate(self.roi_is_ood) if self.roi_is_ood else np.zeros(0, dtype=bool)
+        pooled = {m: np.concatenate(v) if v else np.zeros(0) for m, v in self.roi_scores.items()}
         pixel, case = {}, {}
         for method in self.methods:
-            scores = np.concatenate(self.roi_scores[method]) if self.roi_scores[method] else np.zeros(0)
-            pixel[method] = pixel_ood_metrics(scores, is_ood)
+            pixel[method] = pixel_ood_metrics(pooled[method], is_ood)
             inlier_scores = [c[f"score_{method}"] for c in inlier]
-            ood_scores = [c[f"score_{method}"] for c, _ in ood]
+            ood_scores = [c[f"score_{method}"] for c in ood]
             case[method] = {"auroc": case_auroc(inlier_scores, ood_scores) if inlier and ood else float("nan")}
         return {
             "dice": dice_of["dice"],
             **({"dice_argmax": dice_of["dice_argmax"]} if "dice_argmax" in dice_of else {}),
             "pixel_ood": pixel,
             "case_ood": case,
-            "by_ood_type": self._by_ood_type(inlier, ood),
+            "by_ood_type": self._by_ood_type(inlier, pooled),
             "skipped_scores": dict(self.skipped),
             "num_cases": {"test": len(inlier), "test_ood": len(ood)},
             "num_roi_voxels": {"total": int(is_ood.size), "ood": int(is_ood.sum())},
@@ -280,10 +278,13 @@ class OODEvaluationHandler:
             "protocol": PROTOCOL,
         }
 
-    def _by_ood_type(self, inlier: list[dict], ood: list[tuple[dict, set[int]]]) -> dict:
-        """Pixel and case AUROC of every score for each OOD lesion type on its own (see ``PROTOCOL``)."""
+    def _by_ood_type(self, inlier: list[dict], pooled: dict[str, np.ndarray]) -> dict:
+        """Pixel and case AUROC of every score for each OOD lesion type on its own (see ``PROTOCOL``), from the
+        pooled ROI voxel scores of every method."""
         voxel_type = np.concatenate(self.roi_ood_type) if self.roi_ood_type else np.zeros(0, dtype=np.int16)
-        pooled = {m: np.concatenate(v) if v else np.zeros(0) for m, v in self.roi_scores.items()}
+        # every OOD voxel lies inside its case's ROI, so the ROI's types are the case's types
+        ood = [(c, set(np.unique(t).tolist())) for c, t in zip(self.cases, self.roi_ood_type, strict=True)]
+        ood = [(c, values) for c, values in ood if c["group"] == "test_ood"]
         results = {}
         for value, name in self.ood_type_names.items():
             positive = voxel_type == value
