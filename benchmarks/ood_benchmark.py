@@ -377,16 +377,35 @@ def by_ood_type_table(report: dict) -> list[str]:
         return []
     types = next(r["metrics"]["by_ood_type"] for r in report["models"].values() if r["metrics"].get("by_ood_type"))
     lines = [
-        "\nEach OOD lesion type on its own: pixel AUROC (its voxels against every non-OOD ROI voxel) / case AUROC "
-        "(the OOD cases holding it against the inlier cases), for MaxQuery and each model's best other score.\n",
+        "\nEach OOD lesion type on its own: pixel AUROC (its voxels against every non-OOD ROI voxel) / pixel AUROC "
+        "against the inlier tumour voxels alone (where evaluated) / case AUROC (the OOD cases holding it against the "
+        "inlier cases), for MaxQuery and each model's best other score.\n",
         "| OOD type | cases | voxels | " + " | ".join(f"{name} {method}" for name, method in columns) + " |",
         "| --- " * (len(columns) + 3) + "|",
     ]
+    all_cells = []
+    for name, method in columns:
+        metrics = report["models"][name]["metrics"]
+        near = metrics.get("near_ood", {}).get(method)
+        near_cell = f" / {near:.3f}" if near is not None else ""
+        all_cells.append(
+            f"{metrics['pixel_ood'][method]['auroc']:.3f}{near_cell} / {metrics['case_ood'][method]['auroc']:.2f}"
+        )
+    first = report["models"][columns[0][0]]["metrics"]
+    lines.append(
+        f"| all OOD types | {first.get('num_cases', {}).get('test_ood', '-')} | "
+        f"{first.get('num_roi_voxels', {}).get('ood', '-')} | {' | '.join(all_cells)} |"
+    )
     for type_name, counts in types.items():
         cells = []
         for name, method in columns:
             values = report["models"][name]["metrics"]["by_ood_type"].get(type_name)
-            cells.append(f"{values['pixel_auroc'][method]:.3f} / {values['case_auroc'][method]:.2f}" if values else "-")
+            if not values:
+                cells.append("-")
+                continue
+            near = values.get("pixel_auroc_vs_inlier_tumours", {}).get(method)
+            near_cell = f" / {near:.3f}" if near is not None else ""
+            cells.append(f"{values['pixel_auroc'][method]:.3f}{near_cell} / {values['case_auroc'][method]:.2f}")
         lines.append(f"| {type_name} | {counts['cases']} | {counts['voxels']} | {' | '.join(cells)} |")
     return lines
 

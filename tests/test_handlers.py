@@ -77,6 +77,39 @@ def test_each_ood_type_is_scored_on_its_own(tmp_path):
     assert (rows["both"]["ood_types"], rows["spt"]["ood_types"], rows["in_a"]["ood_types"]) == ("cyst;spt", "spt", "")
 
 
+def test_near_ood_compares_ood_lesions_with_the_inlier_tumours_alone(tmp_path):
+    # the OOD lesions score above the organ but level with (cyst) or below (spt) the inlier tumours, as a model that
+    # takes an unseen type for a known tumour would: high pooled pixel AUROC, chance or worse against the tumours
+    cases = [_case("in_a", False, 3.0), _case("in_b", False, 3.0), _case("cyst", True, 3.0), _case("spt", True, 2.0)]
+    cases[3][0]["label"][cases[3][0]["label"] == 4] = 5
+    handler = OODEvaluationHandler(
+        str(tmp_path),
+        CLASSES,
+        ood_labels=[4, 5],
+        roi_margin_voxels=1,
+        ood_label_names={4: "cyst", 5: "spt"},
+        save_scores=True,
+    )
+    _run(cases, handler._reset, handler._collect, handler._finish)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["pixel_ood"]["maxquery"]["auroc"] > 0.9
+    assert metrics["near_ood"]["maxquery"] == pytest.approx(0.25)  # cyst voxels tie with the tumours, spt below
+    by_type = metrics["by_ood_type"]
+    assert by_type["cyst"]["pixel_auroc_vs_inlier_tumours"]["maxquery"] == pytest.approx(0.5)
+    assert by_type["spt"]["pixel_auroc_vs_inlier_tumours"]["maxquery"] == 0.0
+    assert by_type["spt"]["pixel_auroc"]["maxquery"] > 0.9  # against the organ as well, spt looks anomalous
+    saved = np.load(tmp_path / "roi_scores.npz")
+    assert saved["inlier_tumour"].sum() == 2 * 8 and not (saved["inlier_tumour"] & saved["is_ood"]).any()
+    assert "vs tumours" in format_metrics_table(metrics)
+
+
+def test_near_ood_is_nan_without_inlier_tumours(tmp_path):
+    cases = [_case("ood_a", True, 5.0)]
+    handler = OODEvaluationHandler(str(tmp_path), CLASSES, ood_labels=[4], roi_margin_voxels=1)
+    _run(cases, handler._reset, handler._collect, handler._finish)
+    assert np.isnan(json.loads((tmp_path / "metrics.json").read_text())["near_ood"]["maxquery"])
+
+
 def test_smoothing_changes_the_pixel_scores_of_every_method_but_not_the_case_scores(tmp_path):
     cases = [_case("in_a", False, 0.0), _case("ood_a", True, 5.0)]
     gen = torch.Generator().manual_seed(0)

@@ -105,6 +105,7 @@ def test_markdown_breaks_the_ood_figures_down_by_lesion_type():
         "cyst": by_type((0.99, 0.8, 0.7), (1.0, 0.9, 0.8)),
         "spt": by_type((0.61, 0.7, 0.5), (0.5, 0.6, 0.4)),
     }
+    ours["metrics"]["by_ood_type"]["cyst"]["pixel_auroc_vs_inlier_tumours"] = {"maxquery": 0.93, "entropy": 0.5}
     report = {
         "machine": "CPU Y",
         "seeds": {},
@@ -117,5 +118,9 @@ def test_markdown_breaks_the_ood_figures_down_by_lesion_type():
     # MaxQuery and the model's best other score (entropy); the DynUNet's evaluation has no breakdown
     assert "| OOD type | cases | voxels | c_mask_transformer_qd maxquery | c_mask_transformer_qd entropy |" in text
     assert "| spt | 3 | 900 | 0.610 / 0.50 | 0.700 / 0.60 |" in text
+    assert "| cyst | 3 | 900 | 0.990 / 0.930 / 1.00 | 0.800 / 0.500 / 0.90 |" in text  # against the tumours too
+    assert "| all OOD types | - | - | 0.900 / 0.80 | 0.800 / 0.70 |" in text  # the pooled figures first
+    ours["metrics"]["near_ood"] = {"maxquery": 0.7, "entropy": 0.55}
+    assert "| all OOD types | - | - | 0.900 / 0.700 / 0.80 | 0.800 / 0.550 / 0.70 |" in markdown(report)
     del ours["metrics"]["by_ood_type"]
     assert "OOD type" not in markdown(report)

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 BASELINE_METHODS = ("msp", "max_logit", "energy", "entropy", "rba")
 """The built-in scores of the class output, which every segmentation network gives."""
 
-ROI_VOXEL_KEYS = ("is_ood", "ood_type", "case_index", "case_names", "case_groups")
+ROI_VOXEL_KEYS = ("is_ood", "ood_type", "inlier_tumour", "case_index", "case_names", "case_groups")
 """The arrays of ``roi_scores.npz`` that are not a score: every other array is one score's pooled ROI voxels."""
 
 PROTOCOL = {
@@ -55,9 +55,13 @@ PROTOCOL = {
     "smoothing_sigma_mm millimetres (0 = not smoothed)",
     "case_ood": "case score = mean of the top top_k_fraction voxel scores (of the unsmoothed map) inside the "
     "predicted foreground (organ + tumours); AUROC of test_ood cases (positive) against test cases",
+    "near_ood": "pixel AUROC of the OOD-lesion ROI voxels (positive) against the inlier tumour voxels alone (ground "
+    "truth), the same pooled and smoothed scores as pixel_ood: whether an unseen lesion type is told apart from the "
+    "known tumour types rather than from normal tissue (NaN without both)",
     "by_ood_type": "for each OOD lesion type: pixel AUROC of that type's ROI voxels (positive) against every "
     "non-OOD ROI voxel of every case (voxels of other OOD types left out), and case AUROC of the test_ood cases "
-    "holding that type (positive) against the test cases; a case with several types counts for each",
+    "holding that type (positive) against the test cases; a case with several types counts for each; "
+    "pixel_auroc_vs_inlier_tumours: that type's voxels against the inlier tumour voxels alone (as near_ood)",
 }
 
 
@@ -103,7 +107,8 @@ class OODEvaluationHandler:
             ``per_case.csv``; a type without a name is keyed by its label value.
         save_scores: also write ``roi_scores.npz``: the pooled ROI voxel scores of every method and the OOD mask
             ``is_ood``, for ROC and precision-recall curves, with ``ood_type`` (int16, each voxel's OOD label value,
-            0 for the others), ``case_index`` (int32, the case each voxel comes from, numbering the cases in the
+            0 for the others), ``inlier_tumour`` (bool, the voxel is an inlier tumour in the ground truth),
+            ``case_index`` (int32, the case each voxel comes from, numbering the cases in the
             order they were evaluated) and ``case_names`` / ``case_groups`` (the name and ``test`` / ``test_ood``
             group of each numbered case), for case-level bootstrap intervals (:mod:`bundle.metrics.bootstrap`).
     """
@@ -177,6 +182,7 @@ class OODEvaluationHandler:
         self.roi_scores: dict[str, list[np.ndarray]] = {m: [] for m in self.methods}
         self.roi_is_ood: list[np.ndarray] = []
         self.roi_ood_type: list[np.ndarray] = []
+        self.roi_inlier_tumour: list[np.ndarray] = []
         self.roi_sizes: list[int] = []
         self.metrics: dict = {}
 
@@ -236,6 +242,7 @@ class OODEvaluationHandler:
                 self.roi_scores[method].append(values[roi].numpy().astype(np.float32))
             self.roi_is_ood.append(is_ood_voxel[roi].numpy())
             self.roi_ood_type.append(torch.where(is_ood_voxel, label, 0)[roi].numpy().astype(np.int16))
+            self.roi_inlier_tumour.append(((label >= 2) & (label < self.num_classes) & ~is_ood_voxel)[roi].numpy())
             self.roi_sizes.append(int(roi.sum()))
             self.cases.append(record)
 
@@ -252,6 +259,7 @@ class OODEvaluationHandler:
                 dice[self.class_names[class_id]] = float(np.mean(values)) if values else float("nan")
         is_ood = np.concatenate(self.roi_is_ood) if self.roi_is_ood else np.zeros(0, dtype=bool)
         pooled = {m: np.concatenate(v) if v else np.zeros(0) for m, v in self.roi_scores.items()}
+        tumour = np.concatenate(self.roi_inlier_tumour) if self.roi_inlier_tumour else np.zeros(0, dtype=bool)
         pixel, case = {}, {}
         for method in self.methods:
             pixel[method] = pixel_ood_metrics(pooled[method], is_ood)
@@ -263,7 +271,8 @@ class OODEvaluationHandler:
             **({"dice_argmax": dice_of["dice_argmax"]} if "dice_argmax" in dice_of else {}),
             "pixel_ood": pixel,
             "case_ood": case,
-            "by_ood_type": self._by_ood_type(inlier, pooled),
+            "near_ood": {m: self._auroc_against_tumours(pooled[m], is_ood, tumour) for m in self.methods},
+            "by_ood_type": self._by_ood_type(inlier, pooled, tumour),
             "skipped_scores": dict(self.skipped),
             "num_cases": {"test": len(inlier), "test_ood": len(ood)},
             "num_roi_voxels": {"total": int(is_ood.size), "ood": int(is_ood.sum())},
@@ -278,9 +287,17 @@ class OODEvaluationHandler:
             "protocol": PROTOCOL,
         }
 
-    def _by_ood_type(self, inlier: list[dict], pooled: dict[str, np.ndarray]) -> dict:
+    @staticmethod
+    def _auroc_against_tumours(scores: np.ndarray, positive: np.ndarray, tumour: np.ndarray) -> float:
+        """Pixel AUROC of the ``positive`` voxels against the inlier tumour voxels alone (NaN if either is absent)."""
+        keep = positive | tumour
+        if not positive.any() or not tumour.any():
+            return float("nan")
+        return pixel_ood_metrics(scores[keep], positive[keep])["auroc"]
+
+    def _by_ood_type(self, inlier: list[dict], pooled: dict[str, np.ndarray], tumour: np.ndarray) -> dict:
         """Pixel and case AUROC of every score for each OOD lesion type on its own (see ``PROTOCOL``), from the
-        pooled ROI voxel scores of every method."""
+        pooled ROI voxel scores of every method and the inlier tumour mask of the pooled ROI voxels."""
         voxel_type = np.concatenate(self.roi_ood_type) if self.roi_ood_type else np.zeros(0, dtype=np.int16)
         # every OOD voxel lies inside its case's ROI, so the ROI's types are the case's types
         ood = [(c, set(np.unique(t).tolist())) for c, t in zip(self.cases, self.roi_ood_type, strict=True)]
@@ -297,6 +314,9 @@ class OODEvaluationHandler:
                 "voxels": int(positive.sum()),
                 "cases": len(holding),
                 "pixel_auroc": {m: pixel_ood_metrics(pooled[m][keep], positive[keep])["auroc"] for m in self.methods},
+                "pixel_auroc_vs_inlier_tumours": {
+                    m: self._auroc_against_tumours(pooled[m], positive, tumour) for m in self.methods
+                },
                 "case_auroc": {
                     m: case_auroc([c[f"score_{m}"] for c in inlier], [c[f"score_{m}"] for c in holding])
                     if inlier and holding
@@ -320,6 +340,7 @@ class OODEvaluationHandler:
             arrays = {m: np.concatenate(v) for m, v in self.roi_scores.items() if v}
             arrays["is_ood"] = np.concatenate(self.roi_is_ood)
             arrays["ood_type"] = np.concatenate(self.roi_ood_type)
+            arrays["inlier_tumour"] = np.concatenate(self.roi_inlier_tumour)
             arrays["case_index"] = np.repeat(np.arange(len(self.cases), dtype=np.int32), self.roi_sizes)
             # fixed-width unicode (not object) arrays, so that np.load needs no pickle to read them
             arrays["case_names"] = np.array([c["case"] for c in self.cases], dtype=str)
@@ -333,11 +354,15 @@ def format_metrics_table(metrics: Mapping) -> str:
     lines = ["Dice (inlier test cases): " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["dice"].items())]
     if "dice_argmax" in metrics:
         lines.append("  plain argmax: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["dice_argmax"].items()))
-    lines.append(f"{'score':<10} {'pixel AUROC':>11} {'AUPR':>7} {'FPR95':>7} {'case AUROC':>11}")
+    near = metrics.get("near_ood", {})
+    lines.append(
+        f"{'score':<10} {'pixel AUROC':>11} {'AUPR':>7} {'FPR95':>7} {'case AUROC':>11}"
+        + (f" {'vs tumours':>10}" if near else "")
+    )
     for method, values in metrics["pixel_ood"].items():
         lines.append(
             f"{method:<10} {values['auroc']:>11.3f} {values['aupr']:>7.3f} {values['fpr95']:>7.3f} "
-            f"{metrics['case_ood'][method]['auroc']:>11.3f}"
+            f"{metrics['case_ood'][method]['auroc']:>11.3f}" + (f" {near[method]:>10.3f}" if method in near else "")
         )
     for method, reason in metrics.get("skipped_scores", {}).items():
         lines.append(f"{method:<10} skipped: {reason}")
