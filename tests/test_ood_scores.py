@@ -23,6 +23,7 @@ from bundle.ood import (
     empirical_fpr,
     energy,
     entropy,
+    eroded_foreground,
     load_calibration,
     max_logit,
     maxquery,
@@ -148,6 +149,25 @@ def test_case_score_empty_foreground_modes():
     assert math.isnan(case_ood_score(scores, empty, empty_foreground="nan"))
     with pytest.raises(ValueError, match="elements"):
         case_ood_score(scores, torch.ones(9, dtype=torch.bool))
+
+
+def test_case_score_erosion_reads_the_organ_interior_not_its_border():
+    # a 6^3 predicted organ whose border shell scores 9 (segmentation noise at the organ's edge) and whose interior
+    # holds a 2^3 lesion scoring 5 over an interior of 0
+    organ = torch.zeros(1, 8, 8, 8, dtype=torch.bool)
+    organ[0, 1:7, 1:7, 1:7] = True
+    scores = torch.where(organ, 9.0, 0.0)
+    scores[0, 2:6, 2:6, 2:6] = 0.0
+    scores[0, 3:5, 3:5, 3:5] = 5.0
+    assert case_ood_score(scores, organ, top_k=8) == pytest.approx(9.0)  # the border wins
+    assert case_ood_score(scores, organ, top_k=8, erode_voxels=1) == pytest.approx(5.0)  # the lesion does
+    assert eroded_foreground(organ, 1).sum() == 4**3 and eroded_foreground(organ, 1).shape == organ.shape
+    # an organ too thin to erode is scored whole, and the transform passes the setting on
+    assert eroded_foreground(organ, 3).sum() == 6**3
+    out = CaseOODScored(keys="ood", foreground_key="seg", top_k=8, erode_voxels=1)({"seg": organ.long(), "ood": scores})
+    assert out["ood_score"] == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="erode_voxels"):
+        case_ood_score(scores, organ, erode_voxels=-1)
 
 
 def test_case_ood_scored_with_calibration_file(tmp_path):

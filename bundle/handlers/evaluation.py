@@ -25,7 +25,7 @@ from monai.utils import min_version, optional_import
 from bundle.data.files import atomic_write, atomic_write_text
 from bundle.handlers.naming import case_name
 from bundle.metrics.ood import case_auroc, pixel_ood_metrics, roi_mask
-from bundle.ood.case_score import case_ood_score
+from bundle.ood.case_score import case_ood_score, eroded_foreground
 from bundle.ood.scores import SCORES, OODScore, class_inputs
 from bundle.ood.smoothing import grid_spacing, smooth_score_map
 from bundle.transforms.hysteresis import check_offsets, hysteresis_argmax
@@ -54,7 +54,8 @@ PROTOCOL = {
     "the first threshold reaching 95% true-positive rate; every score's voxel map is first smoothed with a Gaussian of "
     "smoothing_sigma_mm millimetres (0 = not smoothed)",
     "case_ood": "case score = mean of the top top_k_fraction voxel scores (of the unsmoothed map) inside the "
-    "predicted foreground (organ + tumours); AUROC of test_ood cases (positive) against test cases",
+    "predicted foreground (organ + tumours), eroded by case_erode_voxels face-connected steps; AUROC of test_ood "
+    "cases (positive) against test cases",
     "near_ood": "pixel AUROC of the OOD-lesion ROI voxels (positive) against the inlier tumour voxels alone (ground "
     "truth), the same pooled and smoothed scores as pixel_ood: whether an unseen lesion type is told apart from the "
     "known tumour types rather than from normal tissue (NaN without both)",
@@ -82,6 +83,8 @@ class OODEvaluationHandler:
         ood_labels: label values that mark OOD lesions.
         roi_margin_voxels: dilation of the ground-truth foreground defining the ROI.
         top_k_fraction: fraction of foreground voxels averaged into a case score.
+        case_erode_voxels: erosion of the predicted foreground before the case score is read
+            (:func:`bundle.ood.case_ood_score`).
         smoothing_sigma_mm: every score's voxel map is smoothed with a Gaussian of this many millimetres
             (:func:`bundle.ood.smooth_score_map`; spacing from the class output's affine) before the pixel metrics, as
             the inference smooths its OOD map; case scores use the unsmoothed maps. 0 turns smoothing off.
@@ -120,6 +123,7 @@ class OODEvaluationHandler:
         ood_labels: Sequence[int],
         roi_margin_voxels: int = 3,
         top_k_fraction: float = 0.01,
+        case_erode_voxels: int = 0,
         smoothing_sigma_mm: float = 0.0,
         input_type: str = "probabilities",
         anomaly_key: str | None = "ood",
@@ -144,6 +148,9 @@ class OODEvaluationHandler:
         self.ood_type_names = {value: names.get(value, str(value)) for value in self.ood_labels}
         self.roi_margin_voxels = roi_margin_voxels
         self.top_k_fraction = top_k_fraction
+        if case_erode_voxels < 0:
+            raise ValueError(f"case_erode_voxels must be >= 0, got {case_erode_voxels}.")
+        self.case_erode_voxels = case_erode_voxels
         if smoothing_sigma_mm < 0:
             raise ValueError(f"smoothing_sigma_mm must be >= 0, got {smoothing_sigma_mm}.")
         self.smoothing_sigma_mm = float(smoothing_sigma_mm)
@@ -192,7 +199,7 @@ class OODEvaluationHandler:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.COMPLETED, self._finish)
 
-    def _maps(self, item: Mapping) -> dict[str, torch.Tensor]:
+    def score_maps(self, item: Mapping) -> dict[str, torch.Tensor]:
         """Each score's voxel map ``(*spatial)`` of one item, from the output the score consumes."""
         inputs = class_inputs(torch.as_tensor(item[self.pred_key]).float(), self.input_type, dim=0)
         for name, key in (("anomaly", self.anomaly_key), ("affinities", self.affinity_key)):
@@ -232,11 +239,11 @@ class OODEvaluationHandler:
                         record[f"{prefix}_{self.class_names[class_id]}"] = value
 
             roi = torch.as_tensor(roi_mask(label.numpy(), self.ood_labels, self.roi_margin_voxels), dtype=torch.bool)
-            foreground = pred_label > 0
+            foreground = torch.from_numpy(eroded_foreground(pred_label > 0, self.case_erode_voxels))
             spacing = grid_spacing(pred, self.pred_key) if self.smoothing_sigma_mm else None
-            for method, values in self._maps(item).items():
+            for method, values in self.score_maps(item).items():
                 values = values.cpu()
-                record[f"score_{method}"] = case_ood_score(values, foreground, top_k_fraction=self.top_k_fraction)
+                record[f"score_{method}"] = case_ood_score(values, foreground, self.top_k_fraction)
                 if spacing is not None:
                     values = smooth_score_map(values, spacing, self.smoothing_sigma_mm)
                 self.roi_scores[method].append(values[roi].numpy().astype(np.float32))
@@ -279,6 +286,7 @@ class OODEvaluationHandler:
             "settings": {
                 "roi_margin_voxels": self.roi_margin_voxels,
                 "top_k_fraction": self.top_k_fraction,
+                "case_erode_voxels": self.case_erode_voxels,
                 "smoothing_sigma_mm": self.smoothing_sigma_mm,
                 "ood_labels": self.ood_labels,
                 "input_type": self.input_type,

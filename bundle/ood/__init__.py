@@ -13,7 +13,7 @@ from .calibration import (
     load_calibration,
     save_calibration,
 )
-from .case_score import CaseOODScored, case_ood_score, foreground_from_prediction
+from .case_score import CaseOODScored, case_ood_score, eroded_foreground, foreground_from_prediction
 from .scores import (
     SCORE_FUNCTIONS,
     SCORE_INPUTS,
@@ -53,6 +53,7 @@ __all__ = [
     "empirical_fpr",
     "energy",
     "entropy",
+    "eroded_foreground",
     "foreground_from_prediction",
     "grid_spacing",
     "load_calibration",

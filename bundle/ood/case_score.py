@@ -10,10 +10,17 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
+from scipy import ndimage
 
 from .calibration import load_calibration
 
-__all__ = ["EMPTY_FOREGROUND_MODES", "CaseOODScored", "case_ood_score", "foreground_from_prediction"]
+__all__ = [
+    "EMPTY_FOREGROUND_MODES",
+    "CaseOODScored",
+    "case_ood_score",
+    "eroded_foreground",
+    "foreground_from_prediction",
+]
 
 EMPTY_FOREGROUND_MODES = ("volume", "neg_inf", "nan")
 
@@ -24,18 +31,36 @@ def _to_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     return torch.as_tensor(x)
 
 
+def eroded_foreground(mask: torch.Tensor | np.ndarray, voxels: int) -> np.ndarray:
+    """The mask eroded by ``voxels`` face-connected steps (a leading size-1 channel axis is kept as it is); the mask
+    itself where the erosion would leave nothing (an organ too thin to erode is scored whole)."""
+    mask = np.asarray(_to_tensor(mask).detach().cpu().bool())
+    if voxels <= 0 or not mask.any():
+        return mask
+    spatial = mask[0] if mask.ndim == 4 and mask.shape[0] == 1 else mask
+    structure = ndimage.generate_binary_structure(spatial.ndim, 1)
+    eroded = ndimage.binary_erosion(spatial, structure=structure, iterations=voxels)
+    if not eroded.any():
+        return mask
+    return eroded.reshape(mask.shape)
+
+
 def case_ood_score(
     anomaly_map: torch.Tensor | np.ndarray,
     foreground_mask: torch.Tensor | np.ndarray | None = None,
     top_k_fraction: float = 0.01,
     top_k: int | None = None,
     empty_foreground: str = "volume",
+    erode_voxels: int = 0,
 ) -> float:
     """Mean of the ``k`` highest voxel scores inside the (predicted) foreground.
 
     ``k = top_k`` if given (capped at the number of candidate voxels), else ``max(1, ceil(top_k_fraction * n))``
     for ``n`` candidate voxels. Averaging the top tail is robust to single noisy voxels yet sensitive to a small
-    anomalous lesion inside a large organ.
+    anomalous lesion inside a large organ. With ``erode_voxels`` the foreground first loses its outer shell
+    (:func:`eroded_foreground`; ``k`` is then taken of the eroded foreground): the voxels on the predicted organ's
+    border mix organ and neighbouring tissue and are where the segmentation is least sure, so their high scores say
+    little about what lies inside the organ.
 
     Args:
         anomaly_map: voxel scores (higher = more OOD), any shape (e.g. ``(1, *spatial)``).
@@ -45,6 +70,7 @@ def case_ood_score(
         top_k: fixed number of voxels instead of a fraction.
         empty_foreground: what to do if the mask is empty: ``"volume"`` (default) scores the whole volume
             instead, ``"neg_inf"`` returns ``-inf`` (never flagged), ``"nan"`` returns NaN.
+        erode_voxels: face-connected erosion steps of the foreground before the scores are read (0: none).
 
     Returns:
         the case score (a Python float).
@@ -55,10 +81,14 @@ def case_ood_score(
         raise ValueError(f"top_k_fraction must be in (0, 1], got {top_k_fraction}.")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}.")
+    if erode_voxels < 0:
+        raise ValueError(f"erode_voxels must be >= 0, got {erode_voxels}.")
     scores = _to_tensor(anomaly_map).detach().reshape(-1).float()
     if scores.numel() == 0:
         raise ValueError("anomaly_map is empty.")
     if foreground_mask is not None:
+        if erode_voxels:
+            foreground_mask = eroded_foreground(foreground_mask, erode_voxels)
         mask = _to_tensor(foreground_mask).detach().reshape(-1).to(device=scores.device).bool()
         if mask.numel() != scores.numel():
             raise ValueError(f"foreground_mask has {mask.numel()} elements but anomaly_map has {scores.numel()}.")
@@ -101,6 +131,7 @@ class CaseOODScored(MapTransform):
         top_k_fraction: see :func:`case_ood_score`.
         top_k: see :func:`case_ood_score`.
         empty_foreground: see :func:`case_ood_score`.
+        erode_voxels: see :func:`case_ood_score`.
         threshold: if given, also store ``score > threshold`` (a bool) under ``flag_key``. A float, or the path
             of a calibration JSON file (see :mod:`bundle.ood.calibration`) read on first use.
         flag_key: where to store the flag.
@@ -116,6 +147,7 @@ class CaseOODScored(MapTransform):
         top_k_fraction: float = 0.01,
         top_k: int | None = None,
         empty_foreground: str = "volume",
+        erode_voxels: int = 0,
         threshold: float | str | Path | None = None,
         flag_key: str = "ood_flag",
         allow_missing_keys: bool = False,
@@ -131,6 +163,9 @@ class CaseOODScored(MapTransform):
         self.top_k_fraction = top_k_fraction
         self.top_k = top_k
         self.empty_foreground = empty_foreground
+        if erode_voxels < 0:
+            raise ValueError(f"erode_voxels must be >= 0, got {erode_voxels}.")
+        self.erode_voxels = erode_voxels
         self._threshold = threshold
         self.flag_key = flag_key
 
@@ -148,7 +183,9 @@ class CaseOODScored(MapTransform):
             mask = None
             if self.foreground_key is not None:
                 mask = foreground_from_prediction(d[self.foreground_key], self.num_classes)
-            score = case_ood_score(d[key], mask, self.top_k_fraction, self.top_k, self.empty_foreground)
+            score = case_ood_score(
+                d[key], mask, self.top_k_fraction, self.top_k, self.empty_foreground, self.erode_voxels
+            )
             d[self.output_key] = score
             threshold = self.threshold
             if threshold is not None:
