@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from bundle.configs import config_files  # noqa: E402
 from bundle.handlers import OODEvaluationHandler  # noqa: E402
 from bundle.metrics.ood import case_auroc  # noqa: E402
-from bundle.ood.case_score import case_ood_score, eroded_foreground  # noqa: E402
+from bundle.ood.case_score import case_ood_score, eroded_foreground, top_k_count  # noqa: E402
 from bundle.scripts.pipeline import parse_overrides  # noqa: E402
 
 __all__ = ["case_scores", "collect", "main", "markdown", "summarise"]
@@ -62,15 +62,15 @@ def top_voxel_truth(
     """Ground-truth counts (background, organ, inlier tumour) of the voxels behind a case score."""
     mask = torch.from_numpy(eroded_foreground(foreground, erosion))
     candidates = values.cpu()[mask]
-    k = max(1, int(np.ceil(fraction * candidates.numel())))
-    picked = label[mask][torch.topk(candidates, k).indices]
+    picked = label[mask][torch.topk(candidates, top_k_count(candidates.numel(), fraction)).indices]
     return [int((picked == 0).sum()), int((picked == 1).sum()), int(((picked >= 2) & (picked < num_classes)).sum())]
 
 
 def collect(config: ConfigParser, erosions: list[int], fractions: list[float]) -> list[dict]:
     """One record per evaluated case: name, group, OOD types and the case score of every score and setting."""
     evaluator = config.get_parsed_content("validate#evaluator")
-    # the evaluator's own handler instance: its per-case records and score maps are reused, not recomputed
+    # the evaluator's own handler instance: its per-case records are reused; the score maps are recomputed per item
+    # with its own method (a few tensor operations beside the cascade's inference)
     evaluation = next(h for h in config.get_parsed_content("validate#handlers") if isinstance(h, OODEvaluationHandler))
     setting = (
         int(config.get_parsed_content("ood_case_erode_voxels")),

@@ -383,14 +383,15 @@ def by_ood_type_table(report: dict) -> list[str]:
         "| OOD type | cases | voxels | " + " | ".join(f"{name} {method}" for name, method in columns) + " |",
         "| --- " * (len(columns) + 3) + "|",
     ]
+
+    def cell(pixel: float, near: float | None, case: float) -> str:
+        return f"{pixel:.3f}" + (f" / {near:.3f}" if near is not None else "") + f" / {case:.2f}"
+
     all_cells = []
     for name, method in columns:
         metrics = report["models"][name]["metrics"]
         near = metrics.get("near_ood", {}).get(method)
-        near_cell = f" / {near:.3f}" if near is not None else ""
-        all_cells.append(
-            f"{metrics['pixel_ood'][method]['auroc']:.3f}{near_cell} / {metrics['case_ood'][method]['auroc']:.2f}"
-        )
+        all_cells.append(cell(metrics["pixel_ood"][method]["auroc"], near, metrics["case_ood"][method]["auroc"]))
     first = report["models"][columns[0][0]]["metrics"]
     lines.append(
         f"| all OOD types | {first.get('num_cases', {}).get('test_ood', '-')} | "
@@ -404,8 +405,7 @@ def by_ood_type_table(report: dict) -> list[str]:
                 cells.append("-")
                 continue
             near = values.get("pixel_auroc_vs_inlier_tumours", {}).get(method)
-            near_cell = f" / {near:.3f}" if near is not None else ""
-            cells.append(f"{values['pixel_auroc'][method]:.3f}{near_cell} / {values['case_auroc'][method]:.2f}")
+            cells.append(cell(values["pixel_auroc"][method], near, values["case_auroc"][method]))
         lines.append(f"| {type_name} | {counts['cases']} | {counts['voxels']} | {' | '.join(cells)} |")
     return lines
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -155,18 +154,16 @@ def test_ohif_with_orthanc_segments_proposes_the_ood_study_and_stores_the_label(
 
     # the reference: the server's own label map of each OOD study (what OHIF's Run draws); the viewer is shown the
     # one with the most suspected-OOD voxels
-    marked = {}
+    label_maps, marked = {}, {}
     for role in (r for r in uploads if r.startswith("ood_")):
         response = client.post("/infer/maxquery", params={"image": uploads[role].series_uid, "output": "image"})
         assert response.status_code == 200, response.text
         (tmp_path / f"{role}.nii.gz").write_bytes(response.content)
-        label_map = np.asarray(nib.load(str(tmp_path / f"{role}.nii.gz")).dataobj)
-        marked[role] = int((label_map == values["suspected_ood"]).sum())
+        label_maps[role] = np.asarray(nib.load(str(tmp_path / f"{role}.nii.gz")).dataobj)
+        marked[role] = int((label_maps[role] == values["suspected_ood"]).sum())
     role = max(marked, key=marked.get)
     assert marked[role] > 0, f"none of the OOD studies has suspected-OOD voxels to show: {marked}"
-    ood = uploads[role]
-    shutil.copyfile(tmp_path / f"{role}.nii.gz", tmp_path / "reference.nii.gz")
-    reference = np.asarray(nib.load(str(tmp_path / "reference.nii.gz")).dataobj)
+    ood, reference, reference_path = uploads[role], label_maps[role], tmp_path / f"{role}.nii.gz"
 
     # scores for the active-learning strategy
     task = client.post("/scoring/maxquery_ood").json()
@@ -265,4 +262,4 @@ def test_ohif_with_orthanc_segments_proposes_the_ood_study_and_stores_the_label(
     (tmp_path / "saved.nii.gz").write_bytes(wait_for(read_back, 60, "the SEG read back from Orthanc", poll_s=2))
     saved = nib.load(str(tmp_path / "saved.nii.gz"))
     np.testing.assert_array_equal(np.asarray(saved.dataobj), reference)
-    np.testing.assert_allclose(saved.affine, nib.load(str(tmp_path / "reference.nii.gz")).affine, atol=1e-4)
+    np.testing.assert_allclose(saved.affine, nib.load(str(reference_path)).affine, atol=1e-4)

@@ -20,6 +20,7 @@ __all__ = [
     "case_ood_score",
     "eroded_foreground",
     "foreground_from_prediction",
+    "top_k_count",
 ]
 
 EMPTY_FOREGROUND_MODES = ("volume", "neg_inf", "nan")
@@ -43,6 +44,14 @@ def eroded_foreground(mask: torch.Tensor | np.ndarray, voxels: int) -> np.ndarra
     if not eroded.any():
         return mask
     return eroded.reshape(mask.shape)
+
+
+def top_k_count(num_candidates: int, top_k_fraction: float = 0.01, top_k: int | None = None) -> int:
+    """How many of ``num_candidates`` voxels a case score averages: ``top_k`` if given (capped at
+    ``num_candidates``), else ``max(1, ceil(top_k_fraction * num_candidates))``."""
+    if top_k is not None:
+        return min(top_k, num_candidates)
+    return max(1, math.ceil(top_k_fraction * num_candidates))
 
 
 def case_ood_score(
@@ -98,7 +107,7 @@ def case_ood_score(
             return -math.inf
         elif empty_foreground == "nan":
             return math.nan
-    k = min(top_k, scores.numel()) if top_k is not None else max(1, math.ceil(top_k_fraction * scores.numel()))
+    k = top_k_count(scores.numel(), top_k_fraction, top_k)
     return float(torch.topk(scores, k, sorted=False).values.mean())
 
 
