@@ -12,7 +12,14 @@ import torch
 from monai.data import MetaTensor
 
 from bundle.handlers import OODCalibrationHandler, OODCaseWriter, OODEvaluationHandler, format_metrics_table
-from bundle.ood import SCORES, register_score
+from bundle.ood import (
+    SCORES,
+    CalibrationError,
+    calibrated_thresholds,
+    check_case_score,
+    load_calibration,
+    register_score,
+)
 
 CLASSES = {0: "background", 1: "organ", 2: "tumour"}
 
@@ -203,6 +210,44 @@ def test_calibration_flags_at_most_the_target_fraction_of_inlier_cases(tmp_path)
     scores = np.array(calibration["case_scores"])
     assert (scores > calibration["threshold"]).mean() <= 0.1
     assert calibration["num_cases"] == 20 and np.isfinite(calibration["voxel_threshold"])
+
+
+def test_a_case_threshold_is_only_used_with_the_case_score_it_was_calibrated_for(tmp_path):
+    path = tmp_path / "calibration.json"
+    fitted = {"top_k_fraction": 0.05, "erode_voxels": 1}
+    handler = OODCalibrationHandler(str(path), target_fpr=0.1, case_score_settings=fitted)
+    _run([_case(f"val_{i}", False, float(i)) for i in range(20)], handler._reset, handler._collect, handler._save)
+    calibration = json.loads(path.read_text())
+    assert calibration["case_score_settings"] == fitted
+
+    same = calibrated_thresholds(path, case_score_settings={"top_k_fraction": 0.05, "erode_voxels": 1})
+    assert same.case_threshold == calibration["threshold"] and same.warning is None
+    for other in ({"top_k_fraction": 0.01, "erode_voxels": 1}, {"top_k_fraction": 0.05, "erode_voxels": 0}):
+        refused = calibrated_thresholds(path, case_score_settings=other)
+        # the voxel threshold reads the anomaly map, which the case score does not change
+        assert refused.case_threshold is None and refused.voxel_threshold == calibration["voxel_threshold"]
+        assert "another case score" in refused.warning
+    # written before the settings were recorded: used as it is
+    del calibration["case_score_settings"]
+    path.write_text(json.dumps(calibration))
+    assert calibrated_thresholds(path, case_score_settings=fitted).case_threshold == calibration["threshold"]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"top_k_fraction": 0.0, "erode_voxels": 1},
+        {"top_k_fraction": 0.05},
+        {"top_k_fraction": 0.05, "erode_voxels": -1},
+    ],
+)
+def test_malformed_case_score_settings_are_refused_by_name(tmp_path, settings):
+    with pytest.raises(CalibrationError, match="top_k_fraction|erode_voxels"):
+        check_case_score({"threshold": 1.0}, settings)
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"threshold": 1.0, "voxel_threshold": 2.0, "case_score_settings": settings}))
+    with pytest.raises(CalibrationError, match="case_score_settings"):
+        load_calibration(path)
 
 
 def test_case_writer_flags_against_the_calibrated_threshold(tmp_path):

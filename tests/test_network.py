@@ -148,6 +148,38 @@ def test_head_affinity_on_hand_made_embeddings():
     torch.testing.assert_close(head.anomaly(affinity)[0, :, 0], torch.tensor([-2.0, -2.0, 2**0.5]))
 
 
+def test_the_anomaly_map_adds_the_class_uncertainty_in_cosine_units(image):
+    plain, weighted = tiny_model().eval(), tiny_model(anomaly_uncertainty_weight=0.5).eval()
+    with torch.no_grad():
+        z, a = split_prediction(plain(image), K)
+        z_weighted, a_weighted = split_prediction(weighted(image), K)
+        layer = weighted.forward_all(image)[-1]
+    torch.testing.assert_close(z_weighted, z)  # the segmentation does not change, only the map
+    entropy = -torch.special.xlogy(z, z).sum(1, keepdim=True)
+    torch.testing.assert_close(a_weighted, a + 0.5 / weighted.head.temperature * entropy)
+    torch.testing.assert_close(layer["ood"], a_weighted)
+    weighted.train()
+    torch.testing.assert_close(weighted(image)["ood"], a_weighted)
+
+
+def test_an_ambiguous_voxel_as_near_to_a_centre_outranks_a_confident_one():
+    """Two voxels at the same cosine to their nearest centre: MaxQuery ties them; the class uncertainty does not."""
+    model = tiny_model(queries_per_class=[2, 2, 2], num_queries=None, anomaly_uncertainty_weight=0.5)
+    scale = 1.0 / model.head.temperature
+    # voxel 0: near a class-0 centre only; voxel 1: as near to a class-0 and a class-1 centre
+    cosine = torch.tensor([[[0.9, -0.5, -0.5, -0.5, -0.5, -0.5], [0.9, -0.5, 0.9, -0.5, -0.5, -0.5]]])
+    affinity = cosine * scale
+    _, z = model.head.assign(affinity, model.head.fixed_class_logits[None])
+    anomaly = model.anomaly(affinity, z)[0, :, 0]
+    torch.testing.assert_close(model.head.anomaly(affinity)[0, 0], model.head.anomaly(affinity)[0, 1])
+    assert anomaly[1] > anomaly[0]
+    torch.testing.assert_close(anomaly[1] - anomaly[0], scale * 0.5 * (_entropy(z[0, 1]) - _entropy(z[0, 0])))
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -torch.special.xlogy(p, p).sum()
+
+
 def test_split_prediction_rejects_wrong_channel_count():
     with pytest.raises(ValueError, match="channels"):
         split_prediction(torch.zeros(1, 3, 4, 4, 4), num_classes=3)
@@ -182,6 +214,9 @@ def test_invalid_configuration_errors():
         MaskTransformer(**{**TINY, "num_heads": 3})
     with pytest.raises(ValueError, match="temperature"):
         MaskTransformer(**{**TINY, "temperature": 0.0})
+    for weight in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="anomaly_uncertainty_weight"):
+            MaskTransformer(**{**TINY, "anomaly_uncertainty_weight": weight})
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

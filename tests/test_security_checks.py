@@ -239,6 +239,19 @@ def test_the_store_refuses_a_calibration_of_another_model(tmp_path: Path) -> Non
     assert store.summary()["calibration_verified"] is False
 
 
+def test_the_store_flags_no_case_with_a_threshold_of_another_case_score(tmp_path: Path) -> None:
+    model = _model_files(tmp_path, 1.0, 0.5)
+    calibration = load_calibration(tmp_path / "ood_calibration.json")
+    calibration["case_score_settings"] = {"top_k_fraction": 0.01, "erode_voxels": 0}
+    save_calibration(tmp_path / "ood_calibration.json", calibration)
+    bundle = SimpleNamespace(case_score_settings={"top_k_fraction": 0.05, "erode_voxels": 1})
+    thresholds = ModelStore(bundle, model, tmp_path / "ood_calibration.json").thresholds()  # type: ignore[arg-type]
+    assert thresholds.case_threshold is None and thresholds.voxel_threshold == 0.5
+    assert "another case score" in thresholds.warning and str(tmp_path) not in thresholds.warning
+    bundle.case_score_settings = {"top_k_fraction": 0.01, "erode_voxels": 0}
+    assert ModelStore(bundle, model, tmp_path / "ood_calibration.json").thresholds().case_threshold == 0.5  # type: ignore[arg-type]
+
+
 def test_publishing_keeps_a_backup_that_can_be_restored(tmp_path: Path) -> None:
     model = _model_files(tmp_path / "served", 1.0, 0.5)
     calibration = tmp_path / "served" / "ood_calibration.json"

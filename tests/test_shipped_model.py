@@ -9,7 +9,7 @@ from monai.bundle import ConfigParser
 
 from bundle.configs import config_files
 from bundle.networks import load_weights
-from bundle.ood.calibration import file_sha256
+from bundle.ood.calibration import check_case_score, file_sha256
 
 
 def test_shipped_checkpoints_load_strictly_into_the_packaged_inference_config(repo_root, tmp_path):
@@ -35,6 +35,9 @@ def test_shipped_checkpoints_load_strictly_into_the_packaged_inference_config(re
 def test_shipped_calibration_records_the_shipped_model(repo_root):
     calibration = json.loads((repo_root / "models" / "ood_calibration.json").read_text())
     assert calibration["model_sha256"] == file_sha256(repo_root / "models" / "model.pt")
+    parser = ConfigParser()
+    parser.read_config(config_files("inference.json", root=repo_root))
+    assert check_case_score(calibration, parser.get_parsed_content("case_score_settings")), "settings not recorded"
 
 
 def test_the_records_agree_with_the_benchmark_and_the_version(repo_root):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +11,7 @@ import torch
 from monai.utils import min_version, optional_import
 
 from bundle.ood.calibration import (
+    CASE_SCORE_KEY,
     HYSTERESIS_KEY,
     MODEL_HASH_KEY,
     calibrate_threshold,
@@ -43,7 +44,8 @@ class OODCalibrationHandler:
     ``hysteresis_offsets``, with the mean Dice before and after under ``hysteresis_dice``.
 
     The calibration also records ``model_sha256``, the sha256 of the model file it was calibrated for, so that a
-    model is never used with the thresholds of another one.
+    model is never used with the thresholds of another one, and, with ``case_score_settings``, the settings the case
+    scores were computed with, so that the case threshold is never used with another case score.
 
     Only inlier data may reach this handler: OOD cases are never used for model selection or calibration.
 
@@ -60,6 +62,8 @@ class OODCalibrationHandler:
         label_key: key of the label map ``(1, *spatial)`` on the grid of ``pred_key`` (needed for the offsets).
         input_type: what ``pred_key`` holds, ``"probabilities"`` or ``"logits"``.
         crop_margin: voxels kept around the predicted and true foreground of a case for the offset fit.
+        case_score_settings: the settings of the case score under ``score_key`` (``{"top_k_fraction": ...,
+            "erode_voxels": ...}``, the configs' ``case_score_settings``), recorded with the threshold.
         model_path: the model file being calibrated, whose hash is recorded; by default ``model.pt`` next to
             ``save_path`` (where the bundle's configs keep the checkpoint and its calibration). Without such a file
             no hash is recorded, and a warning says so.
@@ -79,6 +83,7 @@ class OODCalibrationHandler:
         label_key: str = "label",
         input_type: str = "probabilities",
         crop_margin: int = 16,
+        case_score_settings: Mapping[str, float | int] | None = None,
     ) -> None:
         self.save_path = Path(save_path)
         self.model_path = Path(model_path) if model_path else self.save_path.with_name("model.pt")
@@ -98,6 +103,7 @@ class OODCalibrationHandler:
         self.input_type = input_type
         self.crop_margin = int(crop_margin)
         self.segmentation_cases: list[tuple[np.ndarray, np.ndarray]] = []
+        self.case_score_settings = dict(case_score_settings) if case_score_settings is not None else None
 
     def attach(self, engine: Engine) -> None:
         """Register with the engine's events."""
@@ -166,6 +172,8 @@ class OODCalibrationHandler:
             "cases_without_foreground": self.cases_without_foreground,
             "case_scores": sorted(self.case_scores),
         }
+        if self.case_score_settings is not None:
+            calibration[CASE_SCORE_KEY] = self.case_score_settings
         if self.hysteresis_classes:
             offsets, dice = fit_hysteresis_offsets(self.segmentation_cases, self.hysteresis_classes)
             calibration[HYSTERESIS_KEY] = {str(k): v for k, v in offsets.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -85,7 +86,10 @@ class MaskTransformer(nn.Module):
     ``num_feature_levels`` coarsest decoder scales of a :class:`DynUNetBackbone`; each query yields a cluster centre
     and class logits. A full-resolution per-voxel embedding ``P`` is assigned softly to the centres
     (``M = softmax_N(R)``, ``R = C P^T / temperature``) and ``Z = S^T M`` gives per-class probabilities.
-    ``A = -max_n R`` is the MaxQuery anomaly map (higher = further from every inlier cluster centre).
+    ``A = -max_n R`` is the MaxQuery anomaly map (higher = further from every inlier cluster centre); with
+    ``anomaly_uncertainty_weight`` ``w > 0`` the map adds the class uncertainty,
+    ``A = -max_n R + w s H(Z)``, where ``H(Z) = -sum_k Z_k log Z_k`` and ``s = 1 / temperature`` puts ``w`` in the
+    units of a cosine similarity (see :meth:`anomaly`).
 
     Output (like ``DynUNet``, it depends on ``self.training``):
 
@@ -149,6 +153,8 @@ class MaskTransformer(nn.Module):
         eval_output: the class channels of the evaluation output: ``"probabilities"`` (``Z``) or ``"logits"``
             (``l_k = log sum_n exp(R_n) S_nk``, with ``softmax_k(l) = Z``; see
             :meth:`~bundle.networks.heads.MaskClassificationHead.evidence_logits`), for logit-based OOD baselines.
+        anomaly_uncertainty_weight: weight ``w >= 0`` of the class uncertainty in the anomaly map (see
+            :meth:`anomaly`); 0 gives the paper's MaxQuery map. It changes no weight, so a checkpoint fits any value.
         norm_name: backbone normalisation.
         act_name: backbone activation.
         res_block: residual backbone blocks.
@@ -182,6 +188,7 @@ class MaskTransformer(nn.Module):
         act_name: tuple | str = ("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
         res_block: bool = False,
         eval_output: str = "probabilities",
+        anomaly_uncertainty_weight: float = 0.0,
         backbone: nn.Module | None = None,
         decoder: nn.Module | None = None,
         head: nn.Module | None = None,
@@ -190,6 +197,12 @@ class MaskTransformer(nn.Module):
         if eval_output not in ("probabilities", "logits"):
             raise ValueError(f"eval_output must be 'probabilities' or 'logits', got {eval_output!r}.")
         self.eval_output = eval_output
+        weight = float(anomaly_uncertainty_weight)
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(
+                f"anomaly_uncertainty_weight must be a finite number >= 0, got {anomaly_uncertainty_weight!r}."
+            )
+        self.anomaly_uncertainty_weight = weight
         query_classes = None
         if queries_per_class is not None:
             counts = [int(n) for n in queries_per_class]
@@ -270,6 +283,11 @@ class MaskTransformer(nn.Module):
                 raise ValueError(
                     f"queries_per_class gives query classes {query_classes}, the head {head.query_classes}."
                 )
+        if self.anomaly_uncertainty_weight and not hasattr(head, "temperature"):
+            raise ValueError(
+                f"anomaly_uncertainty_weight needs a head with a 'temperature' (the scale of its affinities); "
+                f"{type(head).__name__} has none."
+            )
         if head.query_classes is not None and len(head.query_classes) != num_queries:
             raise ValueError(
                 f"the head fixes the classes of {len(head.query_classes)} queries, the decoder has {num_queries}."
@@ -313,18 +331,35 @@ class MaskTransformer(nn.Module):
                     "class_logits": logits[:, i],
                     "query_probs": to_channel_first(query_probs[:, :, i], spatial),
                     "pred": to_channel_first(seg[:, :, i], spatial),
-                    "ood": to_channel_first(self.head.anomaly(affinity[:, :, i]), spatial),
+                    "ood": to_channel_first(self.anomaly(affinity[:, :, i], seg[:, :, i]), spatial),
                 }
             )
         return results
+
+    def anomaly(self, affinity: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
+        """The anomaly map ``A = -max_n R + w s H(Z)`` of ``(B, V, N)`` affinities and ``(B, V, K)`` class
+        probabilities ``Z``, ``(B, V, 1)``, float32; higher = more anomalous.
+
+        ``-max_n R`` (MaxQuery) is high where a voxel is far from every cluster centre. An unseen lesion that looks
+        like tissue the model knows sits between the centres of several classes instead: it is near enough to some
+        centre, but its class is uncertain. The entropy ``H(Z)`` (nats) adds that; ``s = 1 / temperature`` scales it
+        to the affinities, so that ``w`` weighs an entropy against a cosine similarity whatever the temperature.
+        """
+        anomaly = self.head.anomaly(affinity)
+        if not self.anomaly_uncertainty_weight:
+            return anomaly
+        with torch.autocast(device_type=affinity.device.type, enabled=False):
+            p = probabilities.float()
+            entropy = -torch.special.xlogy(p, p).sum(dim=-1, keepdim=True)
+            return anomaly + (self.anomaly_uncertainty_weight / self.head.temperature) * entropy
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         """Run the network; see the class docstring for the output in train and eval mode."""
         all_layers = self.training and self.deep_supervision
         affinity, logits, spatial = self._decode(x, all_layers)
-        # A is not a training target: detached, so the affinities need not be kept alive for the backward pass
-        anomaly = self.head.anomaly(affinity[:, :, -1].detach())  # (B, V, 1)
         query_probs, seg = self.head.assign(affinity, logits)  # (B, V, L', N), (B, V, L', K)
+        # A is not a training target: detached, so the affinities need not be kept alive for the backward pass
+        anomaly = self.anomaly(affinity[:, :, -1].detach(), seg[:, :, -1].detach())  # (B, V, 1)
         if not self.training:
             classes = seg[:, :, -1]
             if self.eval_output == "logits":

@@ -17,6 +17,7 @@ from bundle.data.files import atomic_write_text
 from bundle.transforms.hysteresis import check_offsets
 
 __all__ = [
+    "CASE_SCORE_KEY",
     "HYSTERESIS_KEY",
     "MODEL_HASH_KEY",
     "CalibrationError",
@@ -24,6 +25,7 @@ __all__ = [
     "calibrate_threshold",
     "calibrated_hysteresis_offsets",
     "calibrated_thresholds",
+    "check_case_score",
     "check_model_hash",
     "empirical_fpr",
     "file_sha256",
@@ -38,6 +40,10 @@ HYSTERESIS_KEY = "hysteresis_offsets"
 
 #: key of the calibration JSON holding the sha256 (hex) of the model file the thresholds were calibrated for
 MODEL_HASH_KEY = "model_sha256"
+
+#: key of the calibration JSON holding the case-score settings the case threshold was calibrated with
+#: (``{"top_k_fraction": float, "erode_voxels": int}``, the arguments of :func:`~bundle.ood.case_ood_score`)
+CASE_SCORE_KEY = "case_score_settings"
 
 
 class CalibrationError(ValueError):
@@ -120,6 +126,58 @@ def check_model_hash(
     return True
 
 
+def _case_score_settings(settings: object, where: str) -> dict[str, float | int]:
+    """``settings`` as ``{"top_k_fraction": float in (0, 1], "erode_voxels": int >= 0}``, or a CalibrationError."""
+    keys = {"top_k_fraction", "erode_voxels"}
+    if not isinstance(settings, Mapping) or set(settings) != keys:
+        raise CalibrationError(
+            f"{where}: case-score settings must be an object with the keys {sorted(keys)}, got {settings!r}."
+        )
+    fraction, erode = settings["top_k_fraction"], settings["erode_voxels"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+        raise CalibrationError(f"{where}: 'top_k_fraction' must be a number in (0, 1], got {fraction!r}.")
+    if isinstance(erode, bool) or not isinstance(erode, int) or erode < 0:
+        raise CalibrationError(f"{where}: 'erode_voxels' must be an integer >= 0, got {erode!r}.")
+    return {"top_k_fraction": float(fraction), "erode_voxels": int(erode)}
+
+
+def check_case_score(
+    calibration: Mapping[str, object], settings: Mapping[str, object], where: str = "calibration"
+) -> bool:
+    """Check that a calibration's case threshold was fitted with the case-score settings in use.
+
+    A case threshold is a quantile of inlier case scores, so it only means something for the case score it was
+    fitted with: the top fraction and the erosion change the scale of the scores.
+
+    Args:
+        calibration: calibration data (see :func:`load_calibration`).
+        settings: the case-score settings in use, ``{"top_k_fraction": ..., "erode_voxels": ...}`` (the configs'
+            ``case_score_settings``).
+        where: how to name the calibration in messages.
+
+    Returns:
+        ``True`` when the calibration records the same settings; ``False`` when it records none (calibrations written
+        before the settings were recorded).
+
+    Raises:
+        CalibrationError: the calibration records other settings, or either side is malformed.
+    """
+    in_use = _case_score_settings(settings, "the case-score settings in use")
+    recorded = calibration.get(CASE_SCORE_KEY)
+    if recorded is None:
+        return False
+    recorded = _case_score_settings(recorded, f"{where} '{CASE_SCORE_KEY}'")
+    same = recorded["erode_voxels"] == in_use["erode_voxels"] and math.isclose(
+        recorded["top_k_fraction"], in_use["top_k_fraction"], rel_tol=1e-9
+    )
+    if not same:
+        raise CalibrationError(
+            f"{where} was calibrated for another case score ({recorded}; the configs compute {in_use}); recalibrate "
+            "it with the settings in use."
+        )
+    return True
+
+
 def save_calibration(path: str | Path, data: Mapping[str, object]) -> Path:
     """Write calibration data as JSON atomically (temporary file in the same folder, then rename).
 
@@ -170,6 +228,8 @@ def _validate(data: dict, where: str) -> None:
     t = data["threshold"]
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
         raise CalibrationError(f"{where}: 'threshold' must be a finite number, got {t!r}.")
+    if data.get(CASE_SCORE_KEY) is not None:
+        _case_score_settings(data[CASE_SCORE_KEY], f"{where} '{CASE_SCORE_KEY}'")
     recorded = data.get(MODEL_HASH_KEY)
     if recorded is not None and not (
         isinstance(recorded, str) and len(recorded) == 64 and all(c in "0123456789abcdef" for c in recorded)
@@ -212,7 +272,11 @@ def _read_json_object(path: Path) -> dict:
     return data
 
 
-def calibrated_thresholds(calibration_path: str | os.PathLike, model: str | os.PathLike | None = None) -> OODThresholds:
+def calibrated_thresholds(
+    calibration_path: str | os.PathLike,
+    model: str | os.PathLike | None = None,
+    case_score_settings: Mapping[str, object] | None = None,
+) -> OODThresholds:
     """The thresholds of a model's calibration file, or none at all with the reason, never another model's.
 
     The command line (``configs/inference.json``) and the MONAI Label app both read thresholds through this
@@ -222,10 +286,14 @@ def calibrated_thresholds(calibration_path: str | os.PathLike, model: str | os.P
     Args:
         calibration_path: the calibration JSON written after training (``ood_calibration.json``).
         model: the model file the thresholds are for, or its sha256; ``None`` skips the check.
+        case_score_settings: the case-score settings in use (``{"top_k_fraction": ..., "erode_voxels": ...}``, see
+            :func:`check_case_score`); ``None`` skips the check.
 
     Returns:
         both thresholds, or ``None`` for both (with ``warning``) when the file is missing, unreadable, lacks a
-        finite ``threshold`` or ``voxel_threshold``, or was calibrated for another model.
+        finite ``threshold`` or ``voxel_threshold``, or was calibrated for another model. A calibration fitted with
+        other case-score settings keeps its voxel threshold (the anomaly map does not depend on them) but gives no
+        case threshold, with ``warning``.
     """
     path = Path(calibration_path)
     name = path.name
@@ -249,7 +317,20 @@ def calibrated_thresholds(calibration_path: str | os.PathLike, model: str | os.P
         )
     except (OSError, ValueError) as error:
         return OODThresholds(None, None, "none", f"ignoring the OOD calibration file {name}: {error}")
-    return OODThresholds(float(data["threshold"]), float(data["voxel_threshold"]), name, model_checked=checked)
+    voxel_threshold = float(data["voxel_threshold"])
+    if case_score_settings is not None:
+        try:
+            check_case_score(data, case_score_settings, name)
+        except CalibrationError as error:
+            return OODThresholds(
+                None,
+                voxel_threshold,
+                name,
+                f"OOD calibration refused for the case flag: {error} No case is flagged; suspected-OOD voxels are "
+                "still marked.",
+                model_checked=checked,
+            )
+    return OODThresholds(float(data["threshold"]), voxel_threshold, name, model_checked=checked)
 
 
 def calibrated_hysteresis_offsets(

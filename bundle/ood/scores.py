@@ -9,7 +9,8 @@ Inputs of the class-based scores are either probabilities (``input_type="probabi
 function, e.g. the mask transformer's ``Z``; then logits are taken as ``l = log(max(p, eps))``) or logits
 (``input_type="logits"``, e.g. a plain DynUNet; then ``p = softmax(l)``).
 
-- ``maxquery``: ``-max_n R`` from the query affinities ``R``, or the network's anomaly map ``A`` passed through;
+- ``maxquery``: ``-max_n R`` from the query affinities ``R``, or the network's anomaly map ``A`` passed through
+  (the mask transformer's ``A`` adds its class uncertainty ``w s H(Z)`` where ``anomaly_uncertainty_weight > 0``);
 - ``msp``: ``1 - max_k p_k``;
 - ``max_logit``: ``-max_k l_k``;
 - ``energy``: ``-T logsumexp_k (l_k / T)``;
@@ -222,7 +223,12 @@ def _anomaly(x: torch.Tensor, dim: int = 1, keepdim: bool = True) -> torch.Tenso
 
 # Each built-in consumes the output on which it reproduces the numbers of its function; entropy takes the logits
 # (log-softmax, stable and exact on the logits the evaluation configs hand over).
-register_score("maxquery", _anomaly, "anomaly", "-max_n R, the network's anomaly map A passed through")
+register_score(
+    "maxquery",
+    _anomaly,
+    "anomaly",
+    "the network's anomaly map A passed through: -max_n R (+ w s H(Z), see MaskTransformer)",
+)
 register_score("msp", partial(msp, input_type="probabilities"), "probabilities", "1 - max_k p_k")
 register_score("max_logit", partial(max_logit, input_type="logits"), "logits", "-max_k l_k")
 register_score("energy", partial(energy, input_type="logits"), "logits", "-logsumexp_k l_k")

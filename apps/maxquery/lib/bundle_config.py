@@ -101,6 +101,7 @@ class BundleConfig:
         self.metadata: dict[str, Any] = json.loads((self.root / "metadata.json").read_text())
         self.inference = self._inference_parser()
         self.num_classes = int(self.inference.get_parsed_content("num_classes"))
+        self.case_score_settings: dict[str, Any] = dict(self.inference.get_parsed_content("case_score_settings"))
         self.class_names = self._class_names()
         self._network_template: nn.Module | None = None
 

@@ -177,7 +177,9 @@ class ModelStore:
 
     def calibrated(self) -> OODThresholds:
         """The thresholds of the current model's calibration (none, with the reason, where it cannot be used)."""
-        calibrated = calibrated_thresholds(self.calibration_path, self.model_sha256())
+        # a store without the bundle's configs (restore_model.py) cannot know the case score in use
+        settings = getattr(self.bundle, "case_score_settings", None)
+        calibrated = calibrated_thresholds(self.calibration_path, self.model_sha256(), settings)
         if calibrated.warning and calibrated.warning.startswith("OOD calibration refused"):
             self._warn_once(calibrated.warning)
         elif calibrated.case_threshold is not None and not calibrated.model_checked:
