@@ -233,6 +233,18 @@ def test_a_case_threshold_is_only_used_with_the_case_score_it_was_calibrated_for
     assert calibrated_thresholds(path, case_score_settings=fitted).case_threshold == calibration["threshold"]
 
 
+def test_case_writer_leaves_the_flag_empty_for_a_threshold_of_another_case_score(tmp_path):
+    calibration = {"threshold": 2.5, "voxel_threshold": 1.0}
+    calibration["case_score_settings"] = {"top_k_fraction": 0.01, "erode_voxels": 0}
+    (tmp_path / "calibration.json").write_text(json.dumps(calibration))
+    settings = {"top_k_fraction": 0.05, "erode_voxels": 1}
+    path = str(tmp_path / "calibration.json")
+    writer = OODCaseWriter(str(tmp_path / "out"), calibration_path=path, case_score_settings=settings)
+    _run([_case("low", False, 1.0), _case("high", True, 3.0)], writer._started, writer._collect, writer._write)
+    rows = list(csv.DictReader((tmp_path / "out" / "ood_cases.csv").open()))
+    assert [(r["case"], r["flag"]) for r in rows] == [("high", ""), ("low", "")]
+
+
 @pytest.mark.parametrize(
     "settings",
     [

@@ -6,6 +6,7 @@ import csv
 import io
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -48,6 +49,9 @@ class OODCaseWriter:
         threshold: explicit case threshold overriding the calibration file.
         region_key: key of the organ region found by the cascade's localiser; its message (e.g. no organ found)
             goes to the ``message`` column.
+        case_score_settings: the settings of the case score under ``score_key`` (the configs'
+            ``case_score_settings``); a calibration read from ``calibration_path`` that records other settings gives
+            no flag. ``None`` skips the check.
     """
 
     def __init__(
@@ -60,11 +64,13 @@ class OODCaseWriter:
         region_key: str | None = "organ_region",
         model_path: str | None = None,
         thresholds: OODThresholds | None = None,
+        case_score_settings: Mapping[str, float | int] | None = None,
     ) -> None:
         self.path = Path(output_dir) / filename
         self.calibration_path = calibration_path
         self.model_path = model_path
         self.thresholds = thresholds
+        self.case_score_settings = case_score_settings
         self.score_key = score_key
         self.threshold = threshold
         self.region_key = region_key
@@ -82,7 +88,7 @@ class OODCaseWriter:
         self.failed = []
         calibrated = self.thresholds
         if self.threshold is None and calibrated is None and self.calibration_path is not None:
-            calibrated = calibrated_thresholds(self.calibration_path, self.model_path)
+            calibrated = calibrated_thresholds(self.calibration_path, self.model_path, self.case_score_settings)
         if self.threshold is None and calibrated is not None:
             self.threshold = calibrated.case_threshold
             if calibrated.warning:
