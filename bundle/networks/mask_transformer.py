@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bundle.ood.scores import entropy
+
 from .backbone import DynUNetBackbone, check_backbone
 from .heads import MaskClassificationHead, to_channel_first
 from .transformer_decoder import QueryTransformerDecoder
@@ -349,9 +351,8 @@ class MaskTransformer(nn.Module):
         if not self.anomaly_uncertainty_weight:
             return anomaly
         with torch.autocast(device_type=affinity.device.type, enabled=False):
-            p = probabilities.float()
-            entropy = -torch.special.xlogy(p, p).sum(dim=-1, keepdim=True)
-            return anomaly + (self.anomaly_uncertainty_weight / self.head.temperature) * entropy
+            uncertainty = entropy(probabilities, dim=-1)
+            return anomaly + (self.anomaly_uncertainty_weight / self.head.temperature) * uncertainty
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         """Run the network; see the class docstring for the output in train and eval mode."""
