@@ -11,8 +11,10 @@ organ localiser, the model, the paste back onto the full grid), the report gives
   objective) and over the cases that hold the class (the benchmark's Dice);
 - for each tumour class, by lesion size (face-connected components of the true class, in voxels of the model grid,
   binned by ``--size_bins``): the share of true lesions that the plain argmax touches (the hysteresis argmax only
-  grows what the plain argmax found, so it detects the same lesions), and the plain argmax's mean per-case Dice of
-  the cases whose class volume falls in the bin.
+  grows what the plain argmax found, so it detects the same lesions), the same for the lesions that share their
+  case with a larger lesion of the class (the crop sampler of ``RandCropByLabelClassesd`` centres those rarely; see
+  :mod:`bundle.transforms.lesion_sampling`), and the plain argmax's mean per-case Dice of the cases whose class
+  volume falls in the bin.
 
 Run it on validation cases, never to choose anything on the test split::
 
@@ -77,7 +79,7 @@ def by_lesion_size(cases: list[tuple[np.ndarray, np.ndarray]], class_index: int,
     """Per size bin ``[low, high)``: lesions of the class, the share the plain argmax touches, and the plain argmax's
     mean Dice over the cases whose class volume is in the bin."""
     edges = [0, *size_bins, None]
-    lesions: list[tuple[int, bool]] = []
+    lesions: list[tuple[int, bool, bool]] = []
     case_dices: list[tuple[int, float]] = []
     for values, label in cases:
         truth = label == class_index
@@ -87,17 +89,21 @@ def by_lesion_size(cases: list[tuple[np.ndarray, np.ndarray]], class_index: int,
         components, count = ndimage.label(truth)
         sizes = np.bincount(components.ravel())[1:]
         touched = np.unique(components[(plain == class_index) & truth])
-        lesions += [(int(sizes[i - 1]), i in touched) for i in range(1, count + 1)]
+        largest = int(sizes.max())
+        lesions += [(int(sizes[i - 1]), i in touched, int(sizes[i - 1]) < largest) for i in range(1, count + 1)]
         case_dices.append((int(truth.sum()), case_dice(plain, label, class_index)))
     rows = []
     for low, high in zip(edges[:-1], edges[1:], strict=True):
-        inside = [found for size, found in lesions if size >= low and (high is None or size < high)]
+        inside = [(found, beside) for size, found, beside in lesions if size >= low and (high is None or size < high)]
+        beside_larger = [found for found, beside in inside if beside]
         dices = [d for size, d in case_dices if size >= low and (high is None or size < high)]
         rows.append(
             {
                 "voxels": [low, high],
                 "lesions": len(inside),
-                "detected": float(np.mean(inside)) if inside else float("nan"),
+                "detected": float(np.mean([found for found, _ in inside])) if inside else float("nan"),
+                "beside_larger": len(beside_larger),
+                "beside_larger_detected": float(np.mean(beside_larger)) if beside_larger else float("nan"),
                 "cases": len(dices),
                 "plain_dice": float(np.mean(dices)) if dices else float("nan"),
             }
@@ -172,13 +178,17 @@ def markdown(report: dict, class_names: dict[int, str]) -> str:
                 )
             ]
             lines.append(f"| {row['offset']:g} | " + " | ".join(cells) + " |")
-        lines.append("\n| lesion voxels (model grid) | lesions | detected | cases | plain argmax Dice |")
-        lines.append("| --- | --- | --- | --- | --- |")
+        lines.append(
+            "\n| lesion voxels (model grid) | lesions | detected | beside a larger lesion of the class: lesions | "
+            "detected | cases | plain argmax Dice |"
+        )
+        lines.append("| --- | --- | --- | --- | --- | --- | --- |")
         for row in result["by_lesion_size"]:
             low, high = row["voxels"]
             span = f">= {low}" if high is None else f"{low}-{high - 1}"
             lines.append(
-                f"| {span} | {row['lesions']} | {row['detected']:.2f} | {row['cases']} | {row['plain_dice']:.3f} |"
+                f"| {span} | {row['lesions']} | {row['detected']:.2f} | {row['beside_larger']} | "
+                f"{row['beside_larger_detected']:.2f} | {row['cases']} | {row['plain_dice']:.3f} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -44,7 +44,10 @@ def test_lesions_are_binned_by_size_and_counted_as_found_when_the_argmax_touches
     assert (small["lesions"], small["detected"]) == (2, 1.0)
     assert middle["lesions"] == 0
     assert (large["lesions"], large["detected"]) == (1, 0.0)
+    # the 8-voxel lesion shares its case with the 144-voxel one; the 4-voxel lesion is alone in its case
+    assert (small["beside_larger"], small["beside_larger_detected"]) == (1, 1.0)
+    assert large["beside_larger"] == 0
     # the cases are binned by their class volume: 4 voxels (Dice 1), 152 voxels (one of them found)
     assert (small["cases"], small["plain_dice"]) == (1, pytest.approx(1.0))
     assert (large["cases"], large["plain_dice"]) == (1, pytest.approx(2 / 153))
-    assert "| >= 100 | 1 | 0.00 | 1 | 0.013 |" in markdown(report, {0: "background", 1: "organ", 2: "tumour"})
+    assert "| >= 100 | 1 | 0.00 | 0 | nan | 1 | 0.013 |" in markdown(report, {0: "background", 1: "organ", 2: "tumour"})

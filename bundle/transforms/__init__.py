@@ -2,6 +2,7 @@
 
 from .altered_lesion import RandAlteredLesiond
 from .hysteresis import HysteresisArgmaxd, fit_hysteresis_offsets, hysteresis_argmax
+from .lesion_sampling import LesionBalancedClassIndicesd, lesion_balanced_class_indices
 from .organ_region import LocaliseOrgand, PasteOrganRegiond, box_with_margin, largest_component
 from .synthetic_anomaly import RandForeignTissueAnomalyd
 from .validation import (
@@ -16,6 +17,7 @@ from .validation import (
 __all__ = [
     "HysteresisArgmaxd",
     "InvalidVolumeError",
+    "LesionBalancedClassIndicesd",
     "LocaliseOrgand",
     "PasteOrganRegiond",
     "RandAlteredLesiond",
@@ -26,6 +28,7 @@ __all__ = [
     "hysteresis_argmax",
     "geometry_problem",
     "label_geometry_problem",
+    "lesion_balanced_class_indices",
     "read_error_reason",
     "largest_component",
     "source_name",
