@@ -35,28 +35,32 @@ def lesion_balanced_class_indices(
     Raises:
         ValueError: ``num_classes`` < 1, or a lesion class outside ``[1, num_classes)``.
     """
+    checked = _checked_lesion_classes(num_classes, lesion_classes)
+    lesions = checked if balance_lesions else set()
+    # int32 halves what a cached dataset holds (the background's list covers most of the organ region)
+    dtype = np.int32 if label.size < np.iinfo(np.int32).max else np.int64
+    indices = []
+    for c in range(num_classes):
+        mask = label == c
+        components, count = ndimage.label(mask) if c in lesions else (None, 0)
+        if count > 1:
+            flat = components.ravel()
+            groups = [np.flatnonzero(flat == i) for i in range(1, count + 1)]
+            longest = max(len(g) for g in groups)
+            voxels = np.concatenate([np.resize(g, longest) for g in groups])
+        else:
+            voxels = np.flatnonzero(mask)
+        indices.append(voxels.astype(dtype, copy=False))
+    return indices
+
+
+def _checked_lesion_classes(num_classes: int, lesion_classes: Sequence[int]) -> set[int]:
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
     bad = [c for c in lesion_classes if not 1 <= int(c) < num_classes]
     if bad:
         raise ValueError(f"lesion classes {bad} are not foreground classes of 0..{num_classes - 1}.")
-    lesions = {int(c) for c in lesion_classes} if balance_lesions else set()
-    flat = label.ravel()
-    # int32 halves what a cached dataset holds (the background's list covers most of the organ region)
-    dtype = np.int32 if flat.size < np.iinfo(np.int32).max else np.int64
-    indices = []
-    for c in range(num_classes):
-        voxels = np.flatnonzero(flat == c)
-        if c in lesions and voxels.size:
-            components, count = ndimage.label(label == c)
-            if count > 1:
-                owner = components.ravel()[voxels]
-                order = np.argsort(owner, kind="stable")
-                groups = np.split(voxels[order], np.cumsum(np.bincount(owner, minlength=count + 1)[1:])[:-1])
-                longest = max(len(g) for g in groups)
-                voxels = np.concatenate([np.resize(g, longest) for g in groups])
-        indices.append(voxels.astype(dtype, copy=False))
-    return indices
+    return {int(c) for c in lesion_classes}
 
 
 class LesionBalancedClassIndicesd(MapTransform):
@@ -84,9 +88,8 @@ class LesionBalancedClassIndicesd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ValueError(f"LesionBalancedClassIndicesd takes one label key, got {list(self.keys)}.")
-        lesion_balanced_class_indices(np.zeros(1, dtype=np.int64), num_classes, lesion_classes)
         self.num_classes = num_classes
-        self.lesion_classes = [int(c) for c in lesion_classes]
+        self.lesion_classes = sorted(_checked_lesion_classes(num_classes, lesion_classes))
         self.indices_key = indices_key
         self.balance_lesions = bool(balance_lesions)
 
