@@ -474,6 +474,8 @@ def test_packaged_bundle_runs_inference_on_its_own(trained, dataset, tmp_path):
     folder, archive = package_bundle(REPO, tmp_path / "dist", ckpt_dir=trained / "models")
     assert archive.is_file() and (folder / "configs" / "metadata.json").is_file()
     assert (folder / "bundle" / "networks").is_dir() and (folder / "docs" / "README.md").is_file()
+    overlays = ("evaluate.json", "multi_gpu_train.json", "refine.json")
+    assert all((folder / "configs" / name).is_file() for name in overlays)
     out = tmp_path / "packaged_out"
     bundle_run(
         ["configs/inference.json"],
@@ -490,13 +492,15 @@ def test_pipeline_trains_evaluates_and_prints_the_table(dataset, tmp_path, capsy
     from bundle.scripts.pipeline import main
 
     tiny = [token for key, value in TINY.items() for token in (f"--{key}", value)]
-    argv = ["--bundle_root", str(REPO), "--dataset_dir", str(dataset), "--max_epochs", "1"]
+    argv = ["--bundle_root", str(REPO), "--dataset_dir", str(dataset), "--max_epochs", "1", "--refine_epochs", "1"]
     argv += ["--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"), "--val_interval", "1"]
     argv += ["--localiser_train#max_epochs", "1"]
     assert main(argv + tiny) == 0
     printed = capsys.readouterr().out
     assert "pixel AUROC" in printed and "maxquery" in printed and "Dice (inlier test cases)" in printed
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_cases"]["test_ood"] == 2
+    timings = json.loads((tmp_path / "eval" / "timings.json").read_text())["seconds"]
+    assert "refinement" in timings and "mask_transformer" in timings
 
 
 def test_dynunet_baseline_by_configuration(dataset, tmp_path):

@@ -13,8 +13,8 @@ gives ``dist/maxquery_ct_ood/`` and ``dist/maxquery_ct_ood.zip`` holding::
 
 The repository's ``train.json`` and ``inference.json`` are layered on ``configs/common.json``
 (:mod:`bundle.configs`); the package holds them flattened, each standalone, as the model zoo expects, and the
-overlays (``evaluate.json``, ``multi_gpu_train.json``) as they are. The packaged bundle runs inference on its own,
-from its folder::
+overlays (``evaluate.json``, ``multi_gpu_train.json``, ``refine.json``) as they are. The packaged bundle runs
+inference on its own, from its folder::
 
     python -m monai.bundle run --config_file configs/inference.json --meta_file configs/metadata.json \\
         --dataset_dir /path/to/dataset
@@ -36,7 +36,7 @@ __all__ = ["main", "package_bundle"]
 BUNDLE_NAME = "maxquery_ct_ood"
 #: configs written flattened (with ``common.json`` merged in), and configs copied as they are
 FLATTENED_CONFIGS = ("train.json", "inference.json")
-COPIED_CONFIGS = ("evaluate.json", "multi_gpu_train.json", "logging.conf")
+COPIED_CONFIGS = ("evaluate.json", "multi_gpu_train.json", "refine.json", "logging.conf")
 MODEL_FILES = ("model.pt", "localiser.pt", "ood_calibration.json")
 
 

@@ -1,5 +1,11 @@
 """The main job end to end: generate the phantom benchmark if needed, train the organ localiser and the mask
-transformer, calibrate, evaluate the cascade, print the table of MaxQuery and the baselines.
+transformer, refine the mask transformer's clusters, calibrate, evaluate the cascade, print the table of MaxQuery
+and the baselines.
+
+The refinement (``configs/refine.json`` layered on ``train.json``, ``--refine_epochs``; 0 skips it) continues from
+the trained weights with what makes MaxQuery's clusters a density model: the compactness of the normal anatomy
+around its centres, and outlier exposure, which pushes altered lesions away from every centre. Both hinder a model
+that is still learning its clusters, so they come after the segmentation has been learnt, not from the first epoch.
 
 Run from the bundle root::
 
@@ -37,9 +43,11 @@ logger = logging.getLogger(__name__)
 
 
 CPU_BUDGET_EPOCHS = 40
+TRAIN_STEP = "$@train#trainer.run()"
 STAGES = {
     "localiser": ["$@localiser_train#trainer.run()"],
-    "mask_transformer": ["$@train#trainer.run()"],
+    "mask_transformer": [TRAIN_STEP],
+    "refinement": [TRAIN_STEP],
     "calibration": ["$@calibrate#evaluator.run()"],
 }
 
@@ -48,6 +56,7 @@ def run_pipeline(
     bundle_root: str | Path = ".",
     dataset_dir: str | None = None,
     max_epochs: int | None = None,
+    refine_epochs: int | None = None,
     run_dir: str | None = None,
     ckpt_dir: str | None = None,
     output_dir: str | None = None,
@@ -61,6 +70,8 @@ def run_pipeline(
         bundle_root: the bundle root holding ``metadata.json`` and ``configs/``.
         dataset_dir: an MSD-layout dataset; by default the phantom benchmark under the bundle root.
         max_epochs: mask-transformer training epochs (default: the value in ``configs/train.json``).
+        refine_epochs: epochs of the refinement (``configs/refine.json``) after them (default: the value in
+            ``configs/refine.json``); 0 skips it.
         run_dir: the run folder (default ``BUNDLE_ROOT/runs/pipeline``); ``ckpt_dir`` and ``output_dir`` default
             to its ``models`` and ``eval``.
         ckpt_dir: where the checkpoints and the calibration go.
@@ -69,6 +80,8 @@ def run_pipeline(
         skip_training: evaluate the existing checkpoints only.
         overrides: further config overrides for every step, e.g. ``{"patch_size": [48, 48, 24]}``.
     """
+    if refine_epochs is not None and refine_epochs < 0:
+        raise ValueError(f"refine_epochs must be >= 0, got {refine_epochs}.")
     root = Path(bundle_root).resolve()
     configs = root / "configs"
     run_dir = Path(run_dir).resolve() if run_dir is not None else root / "runs" / "pipeline"
@@ -81,18 +94,25 @@ def run_pipeline(
         overrides["device"] = _device(device)
     common = {"meta_file": str(root / "metadata.json"), "logging_file": str(configs / "logging.conf")}
     train_config = config_files("train.json", root=root)
+    refine_config = config_files("train.json", "refine.json", root=root)
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
     run(config_file=train_config, **common, **overrides, run=["$@dataset"])
     timings["dataset"] = time.perf_counter() - start
     if not skip_training:
-        train_overrides = dict(overrides)
+        stage_configs = {stage: train_config for stage in STAGES}
+        stage_overrides = {stage: dict(overrides) for stage in STAGES}
         if max_epochs is not None:
-            train_overrides["train#trainer#max_epochs"] = max_epochs
+            stage_overrides["mask_transformer"]["train#trainer#max_epochs"] = max_epochs
+        stage_configs["refinement"] = refine_config
+        if refine_epochs is not None:
+            stage_overrides["refinement"]["refine_epochs"] = refine_epochs
         for stage, steps in STAGES.items():
+            if stage == "refinement" and refine_epochs == 0:
+                continue
             begin = time.perf_counter()
-            run(config_file=train_config, **common, **train_overrides, run=steps)
+            run(config_file=stage_configs[stage], **common, **stage_overrides[stage], run=steps)
             timings[stage] = time.perf_counter() - begin
     begin = time.perf_counter()
     run(config_file=config_files("train.json", "evaluate.json", root=root), **common, **overrides)
@@ -140,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=CPU_BUDGET_EPOCHS,
         help=f"mask-transformer epochs (default {CPU_BUDGET_EPOCHS}: the 30-minute budget of a 2-core CPU)",
+    )
+    parser.add_argument(
+        "--refine_epochs",
+        type=int,
+        help="refinement epochs after them (default: refine_epochs of configs/refine.json; 0: no refinement)",
     )
     parser.add_argument("--run_dir", help="run folder (default: BUNDLE_ROOT/runs/pipeline)")
     parser.add_argument("--ckpt_dir", help="checkpoint folder (default: RUN_DIR/models; 'models': the shipped one)")
