@@ -39,8 +39,10 @@ def _stage(calls, files):
 def test_refinement_follows_the_training_with_its_own_config_and_epochs(recorded_runs, tmp_path):
     pipeline.run_pipeline(REPO, run_dir=tmp_path, max_epochs=7, refine_epochs=3, overrides={"num_workers": 0})
     steps = [c["run"] for c in recorded_runs]
-    assert steps == [["$@dataset"], *pipeline.STAGES.values(), None], "refinement after training, before calibration"
-    by_stage = dict(zip(pipeline.STAGES, recorded_runs[1:-1], strict=True))
+    names = [stage.name for stage in pipeline.STAGES]
+    assert names == ["localiser", "mask_transformer", "refinement", "calibration"], "refinement before calibration"
+    assert steps == [["$@dataset"], *(list(stage.steps) for stage in pipeline.STAGES), None]
+    by_stage = dict(zip(names, recorded_runs[1:-1], strict=True))
     refine = by_stage["refinement"]
     assert refine["files"] == ["common.json", "train.json", "refine.json"]
     assert refine["refine_epochs"] == 3 and "train#trainer#max_epochs" not in refine
@@ -49,18 +51,20 @@ def test_refinement_follows_the_training_with_its_own_config_and_epochs(recorded
     assert by_stage["mask_transformer"]["train#trainer#max_epochs"] == 7
     assert all("refine_epochs" not in by_stage[stage] for stage in ("localiser", "mask_transformer", "calibration"))
     timings = json.loads((tmp_path / "eval" / "timings.json").read_text())["seconds"]
-    assert list(timings) == ["dataset", *pipeline.STAGES, "evaluation", "total"]
+    assert list(timings) == ["dataset", *names, "evaluation", "total"]
 
 
-def test_zero_refinement_epochs_skip_the_stage_and_negative_ones_are_refused(recorded_runs, tmp_path):
+def test_zero_refinement_epochs_skip_the_stage_and_impossible_counts_are_refused(recorded_runs, tmp_path):
     pipeline.run_pipeline(REPO, run_dir=tmp_path, refine_epochs=0)
     assert not _stage(recorded_runs, ["common.json", "train.json", "refine.json"])
     assert "refinement" not in json.loads((tmp_path / "eval" / "timings.json").read_text())["seconds"]
     with pytest.raises(ValueError, match="refine_epochs"):
         pipeline.run_pipeline(REPO, run_dir=tmp_path, refine_epochs=-1)
+    with pytest.raises(ValueError, match="max_epochs"):
+        pipeline.run_pipeline(REPO, run_dir=tmp_path, max_epochs=0)
 
 
-def test_refine_config_continues_from_the_trained_model_with_compactness_and_outlier_exposure(tmp_path):
+def test_refine_config_continues_from_the_trained_model_with_compactness_and_outlier_exposure_alone(tmp_path):
     parser = ConfigParser()
     parser.read_meta(str(REPO / "metadata.json"))
     parser.read_config(config_files("train.json", "refine.json", root=REPO))
@@ -73,8 +77,10 @@ def test_refine_config_continues_from_the_trained_model_with_compactness_and_out
     assert parser.get_parsed_content("val_interval") == 5
     loss = parser.get_parsed_content("loss")
     assert loss.compactness_weight > 0 and loss.margin_weight > 0
+    assert loss.balance_loss is None, "the query-balance loss helps the clusters form, not once they have"
     altered = [t for t in parser.get_parsed_content("train#random_transforms") if isinstance(t, RandAlteredLesiond)]
     assert altered and altered[0].prob > 0
     plain = ConfigParser()
     plain.read_config(config_files("train.json", root=REPO))
     assert plain["init_ckpt_path"] is None and plain["outlier_exposure"]["margin_weight"] == 0
+    assert plain["balance_weight"] > 0

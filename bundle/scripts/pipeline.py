@@ -6,6 +6,7 @@ The refinement (``configs/refine.json`` layered on ``train.json``, ``--refine_ep
 the trained weights with what makes MaxQuery's clusters a density model: the compactness of the normal anatomy
 around its centres, and outlier exposure, which pushes altered lesions away from every centre. Both hinder a model
 that is still learning its clusters, so they come after the segmentation has been learnt, not from the first epoch.
+The query-balance loss, which helps the clusters form, is off in the refinement.
 
 Run from the bundle root::
 
@@ -28,6 +29,7 @@ import os
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,19 +39,32 @@ from bundle.configs import config_files
 from bundle.data.files import atomic_write_text
 from bundle.handlers.evaluation import format_metrics_table
 
-__all__ = ["main", "parse_overrides", "run_pipeline"]
+__all__ = ["STAGES", "Stage", "main", "parse_overrides", "run_pipeline"]
 
 logger = logging.getLogger(__name__)
 
 
 CPU_BUDGET_EPOCHS = 40
 TRAIN_STEP = "$@train#trainer.run()"
-STAGES = {
-    "localiser": ["$@localiser_train#trainer.run()"],
-    "mask_transformer": [TRAIN_STEP],
-    "refinement": [TRAIN_STEP],
-    "calibration": ["$@calibrate#evaluator.run()"],
-}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of the main job: a ``monai.bundle run`` of ``configs`` (``common.json`` first) running
+    ``steps``; ``epochs_key`` is the config id that its epoch count overrides, if it has one."""
+
+    name: str
+    configs: tuple[str, ...]
+    steps: tuple[str, ...]
+    epochs_key: str | None = None
+
+
+STAGES = (
+    Stage("localiser", ("train.json",), ("$@localiser_train#trainer.run()",)),
+    Stage("mask_transformer", ("train.json",), (TRAIN_STEP,), "train#trainer#max_epochs"),
+    Stage("refinement", ("train.json", "refine.json"), (TRAIN_STEP,), "refine_epochs"),
+    Stage("calibration", ("train.json",), ("$@calibrate#evaluator.run()",)),
+)
 
 
 def run_pipeline(
@@ -80,6 +95,8 @@ def run_pipeline(
         skip_training: evaluate the existing checkpoints only.
         overrides: further config overrides for every step, e.g. ``{"patch_size": [48, 48, 24]}``.
     """
+    if max_epochs is not None and max_epochs < 1:
+        raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
     if refine_epochs is not None and refine_epochs < 0:
         raise ValueError(f"refine_epochs must be >= 0, got {refine_epochs}.")
     root = Path(bundle_root).resolve()
@@ -93,27 +110,20 @@ def run_pipeline(
     if device is not None:
         overrides["device"] = _device(device)
     common = {"meta_file": str(root / "metadata.json"), "logging_file": str(configs / "logging.conf")}
-    train_config = config_files("train.json", root=root)
-    refine_config = config_files("train.json", "refine.json", root=root)
+    epochs = {"train#trainer#max_epochs": max_epochs, "refine_epochs": refine_epochs}
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    run(config_file=train_config, **common, **overrides, run=["$@dataset"])
+    run(config_file=config_files("train.json", root=root), **common, **overrides, run=["$@dataset"])
     timings["dataset"] = time.perf_counter() - start
-    if not skip_training:
-        stage_configs = {stage: train_config for stage in STAGES}
-        stage_overrides = {stage: dict(overrides) for stage in STAGES}
-        if max_epochs is not None:
-            stage_overrides["mask_transformer"]["train#trainer#max_epochs"] = max_epochs
-        stage_configs["refinement"] = refine_config
-        if refine_epochs is not None:
-            stage_overrides["refinement"]["refine_epochs"] = refine_epochs
-        for stage, steps in STAGES.items():
-            if stage == "refinement" and refine_epochs == 0:
-                continue
-            begin = time.perf_counter()
-            run(config_file=stage_configs[stage], **common, **stage_overrides[stage], run=steps)
-            timings[stage] = time.perf_counter() - begin
+    for stage in () if skip_training else STAGES:
+        count = epochs.get(stage.epochs_key)
+        if count == 0:
+            continue
+        stage_overrides = overrides if count is None else {**overrides, stage.epochs_key: count}
+        begin = time.perf_counter()
+        run(config_file=config_files(*stage.configs, root=root), **common, **stage_overrides, run=list(stage.steps))
+        timings[stage.name] = time.perf_counter() - begin
     begin = time.perf_counter()
     run(config_file=config_files("train.json", "evaluate.json", root=root), **common, **overrides)
     timings["evaluation"] = time.perf_counter() - begin
