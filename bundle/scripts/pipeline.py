@@ -50,7 +50,7 @@ TRAIN_STEP = "$@train#trainer.run()"
 
 @dataclass(frozen=True)
 class Stage:
-    """One training stage of the main job: a ``monai.bundle run`` of ``configs`` (``common.json`` first) running
+    """One stage of the main job: a ``monai.bundle run`` of ``configs`` (``common.json`` first) running
     ``steps``; ``epochs_key`` is the config id that its epoch count overrides, if it has one."""
 
     name: str
