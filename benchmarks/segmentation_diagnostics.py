@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
         "extra_dataset_dirs": args.extra_dataset_dirs,
         "max_cases": args.max_cases,
         "configs": args.configs,
+        "overrides": overrides,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,18 @@
-"""Tests of test-time mirroring: the averaged prediction is mirror-equivariant and equals the mean of the passes."""
+"""Tests of mirroring: at test time the averaged prediction is mirror-equivariant and equals the mean of the passes;
+in training (``mirror_prob``) a patch's image and label are mirrored together."""
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
+
 import pytest
 import torch
+from monai.bundle import ConfigParser
 from monai.inferers import SimpleInferer, SlidingWindowInferer
+from monai.transforms import Compose
 
+from bundle.configs import config_files
 from bundle.inferers import MirrorEnsembleInferer
 
 
@@ -60,3 +67,34 @@ def test_bad_axes_and_outputs_are_named():
         MirrorEnsembleInferer(SimpleInferer(), mirror_axes=[3])(torch.rand(1, 1, 4, 4, 4), lopsided_network())
     with pytest.raises(TypeError, match="one output tensor"):
         MirrorEnsembleInferer(SimpleInferer(), mirror_axes=[0])(torch.rand(1, 1, 4, 4, 4), lambda x: {"pred": x})
+
+
+def _training_mirrors(mirror_prob: float | None) -> Compose:
+    parser = ConfigParser()
+    parser.read_config(config_files("train.json", root=Path(__file__).resolve().parents[1]))
+    if mirror_prob is not None:
+        parser["mirror_prob"] = mirror_prob
+    mirrors = Compose(parser.get_parsed_content("train#mirror_transforms"))
+    mirrors.set_random_state(0)
+    return mirrors
+
+
+def test_training_mirrors_image_and_label_together_and_is_off_by_default():
+    image = torch.rand(1, 8, 6, 4)
+    label = (image > 0.7).float()  # every label voxel marks a bright image voxel, wherever the patch is mirrored
+    patch = {"image": image, "label": label}
+    unchanged = _training_mirrors(None)(dict(patch))
+    assert torch.equal(unchanged["image"], image) and torch.equal(unchanged["label"], label)
+
+    mirrors = _training_mirrors(1.0)
+    out = mirrors(dict(patch))
+    torch.testing.assert_close(torch.as_tensor(out["image"]), torch.flip(image, [1, 2, 3]))
+    assert torch.equal(torch.as_tensor(out["label"]), (torch.as_tensor(out["image"]) > 0.7).float())
+
+    half = _training_mirrors(0.5)
+    combinations = [c for r in range(4) for c in itertools.combinations((1, 2, 3), r)]
+    seen = set()
+    for _ in range(40):
+        out = torch.as_tensor(half(dict(patch))["image"])
+        seen.update(c for c in combinations if torch.equal(out, torch.flip(image, list(c)) if c else image))
+    assert len(seen) == len(combinations), "each axis is mirrored on its own draw"
