@@ -89,3 +89,57 @@ def test_a_new_lesion_type_is_data_not_code(tmp_path: Path):
     )
     data = json.loads((out / "dataset.json").read_text())
     assert data["ood_labels"] == {"9": "lymphoma"}
+
+
+def test_small_pnet_recipe_is_the_builtin_spec_with_two_changes():
+    recipe = load_spec(Path(__file__).resolve().parents[1] / "recipes" / "specs" / "pancreas_small_pnet.json")
+    full = _base()
+    _lesion(full, "pnet").update(size_mm=[8, 18], count=[1, 3])
+    expected = spec_from_dict(full)
+    assert recipe.name == "phantom_pancreas_small_pnet"
+    assert recipe.lesion_types == expected.lesion_types
+    assert recipe.lesion_types != load_spec(task="pancreas").lesion_types
+    assert recipe.tumour_free_fraction == expected.tumour_free_fraction
+
+
+def test_extends_chains_files_and_adds_types(tmp_path: Path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "middle.json").write_text(
+        json.dumps(
+            {"extends": "pancreas", "tumour_free_fraction": 0.5, "lesion_types": [{"name": "pdac", "count": [1, 2]}]}
+        )
+    )
+    lymphoma = {"name": "lymphoma", "role": "ood", "label_value": 9, "hu_offset": [-5, 5], "size_mm": [10, 20]}
+    leaf = tmp_path / "sub" / "leaf.json"
+    leaf.write_text(
+        json.dumps({"extends": "../middle.json", "lesion_types": [{"name": "pdac", "frequency": 5}, lymphoma]})
+    )
+    spec = load_spec(leaf)
+    pdac = spec.type_by_name("pdac")
+    assert (pdac.count, pdac.frequency) == ((1, 2), 5.0)
+    assert pdac.size_mm == tuple(_lesion(_base(), "pdac")["size_mm"])  # untouched keys come from the base
+    assert spec.tumour_free_fraction == 0.5
+    assert spec.type_by_name("lymphoma").value == 9
+    assert [t.name for t in spec.lesion_types][: len(_base()["lesion_types"])] == [
+        t["name"] for t in _base()["lesion_types"]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extends", "change", "words"),
+    [
+        ("kidney", {"name": "pdac"}, ["'extends'", "'kidney'"]),
+        ("missing.json", {"name": "pdac"}, ["'extends'", "not found"]),
+        ("self.json", {"name": "pdac"}, ["cycle"]),
+        ("pancreas", {"count": [1, 2]}, ["entry 0", "'name'"]),
+        ("pancreas", {"name": "pdac", "count": [0, 2]}, ["'count'", "'pdac'"]),
+        ("pancreas", {"name": "new_type", "role": "ood"}, ["'new_type'", "missing required key"]),
+    ],
+)
+def test_bad_extends_names_the_problem(tmp_path: Path, extends: str, change: dict, words: list[str]):
+    path = tmp_path / "self.json"
+    path.write_text(json.dumps({"extends": extends, "lesion_types": [change]}))
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    for w in words:
+        assert w in str(err.value), str(err.value)

@@ -19,6 +19,7 @@ from .lesion_spec import (
     PhantomSpec,
     SpecError,
     default_spec_path,
+    expand_extends,
     load_spec,
     spec_from_dict,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "PhantomSpec",
     "SpecError",
     "default_spec_path",
+    "expand_extends",
     "generate_dataset",
     "load_spec",
     "spec_from_dict",

@@ -9,6 +9,13 @@ Example (one entry of ``lesion_types``)::
     {"name": "pdac", "role": "inlier", "class_id": 2,
      "hu_offset": [-40, -18], "heterogeneity": 8, "margin_sharpness": 0.3,
      "shape_irregularity": 0.6, "size_mm": [14, 34], "count": [1, 1], "frequency": 3}
+
+A spec can state only how it differs from another: ``"extends"`` names a built-in spec (``"pancreas"``) or a spec
+file (a path ending in ``.json``, relative to the extending file). Its top-level keys replace the base's, and each
+entry of its ``lesion_types`` changes the keys it gives of the base type of the same name (or adds a new type)::
+
+    {"extends": "pancreas", "name": "phantom_pancreas_small_pnet",
+     "lesion_types": [{"name": "pnet", "size_mm": [8, 18], "count": [1, 3]}]}
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ __all__ = [
     "Septa",
     "SpecError",
     "default_spec_path",
+    "expand_extends",
     "load_spec",
     "spec_from_dict",
 ]
@@ -370,6 +378,71 @@ _LESION_KEYS = {
 }
 _LESION_REQUIRED = {"name", "role", "hu_offset", "size_mm"}
 _SPEC_KEYS = {"organ", "task", "name", "description", "tumour_free_fraction", "ood_inlier_cooccurrence", "lesion_types"}
+_EXTENDS = "extends"
+
+
+def _base_spec_path(reference: Any, base_dir: Path) -> Path:
+    if not isinstance(reference, str) or not reference:
+        raise SpecError(f"key '{_EXTENDS}' must be a built-in spec name or a .json path, got {reference!r}")
+    if not reference.endswith(".json"):
+        if reference not in ORGANS:
+            raise SpecError(
+                f"key '{_EXTENDS}' {reference!r} is neither a built-in spec ({', '.join(ORGANS)}) nor a .json path"
+            )
+        return SPEC_DIR / f"{reference}.json"
+    path = (base_dir / reference).resolve()
+    if not path.is_file():
+        raise SpecError(f"key '{_EXTENDS}': spec file not found: {path}")
+    return path
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise SpecError(f"{path} is not valid JSON: {err}") from err
+
+
+def _merge_lesion_types(base: list, changes: Any) -> list:
+    if not isinstance(changes, list):
+        raise SpecError("key 'lesion_types' must be a list")
+    merged = [dict(item) if isinstance(item, dict) else item for item in base]
+    index = {item.get("name"): i for i, item in enumerate(merged) if isinstance(item, dict)}
+    for i, change in enumerate(changes):
+        if not isinstance(change, dict) or not isinstance(change.get("name"), str):
+            raise SpecError(f"entry {i} of key 'lesion_types' must be an object with a 'name' (the type it changes)")
+        if change["name"] in index:
+            merged[index[change["name"]]].update(change)
+        else:
+            index[change["name"]] = len(merged)
+            merged.append(dict(change))
+    return merged
+
+
+def expand_extends(obj: Any, base_dir: str | Path = ".", chain: tuple[Path, ...] = ()) -> Any:
+    """The spec object ``obj`` with its ``"extends"`` chain applied (``obj`` itself when it extends nothing).
+
+    Args:
+        obj: a parsed spec document.
+        base_dir: the folder that a relative ``"extends"`` path is read from (the extending file's).
+        chain: the spec files already being expanded (to refuse a cycle).
+
+    Raises:
+        SpecError: the base is unknown, missing, not valid JSON or part of a cycle, or a ``lesion_types`` entry
+            has no name.
+    """
+    if not isinstance(obj, dict) or _EXTENDS not in obj:
+        return obj
+    path = _base_spec_path(obj[_EXTENDS], Path(base_dir))
+    if path in chain:
+        raise SpecError(f"key '{_EXTENDS}' forms a cycle: {' -> '.join(str(p) for p in (*chain, path))}")
+    base = expand_extends(_read_json(path), path.parent, (*chain, path))
+    if not isinstance(base, dict):
+        raise SpecError(f"{path} (named by key '{_EXTENDS}') must hold a JSON object")
+    merged = {**base, **{k: v for k, v in obj.items() if k not in (_EXTENDS, "lesion_types")}}
+    if "lesion_types" in obj:
+        merged["lesion_types"] = _merge_lesion_types(base.get("lesion_types", []), obj["lesion_types"])
+    return merged
 
 
 def _lesion_type(obj: Any, index: int) -> LesionType:
@@ -427,12 +500,13 @@ def _lesion_type(obj: Any, index: int) -> LesionType:
     )
 
 
-def spec_from_dict(obj: Any, source: str = "") -> PhantomSpec:
+def spec_from_dict(obj: Any, source: str = "", base_dir: str | Path = ".") -> PhantomSpec:
     """Validate a spec given as a parsed JSON object.
 
     Args:
-        obj: the parsed JSON document.
+        obj: the parsed JSON document; an ``"extends"`` key is expanded first (:func:`expand_extends`).
         source: where it came from (for messages).
+        base_dir: the folder that a relative ``"extends"`` path is read from.
 
     Returns:
         The validated :class:`PhantomSpec`.
@@ -440,6 +514,7 @@ def spec_from_dict(obj: Any, source: str = "") -> PhantomSpec:
     Raises:
         SpecError: naming the offending key (and lesion type).
     """
+    obj = expand_extends(obj, base_dir)
     _check_keys(obj, _SPEC_KEYS, {"organ", "lesion_types"}, "", None)
     organ = obj["organ"]
     if organ not in ORGANS:
@@ -526,11 +601,7 @@ def load_spec(path: str | Path | None = None, task: str | None = None) -> Phanto
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"spec file not found: {path}")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise SpecError(f"{path} is not valid JSON: {err}") from err
-    spec = spec_from_dict(obj, source=str(path))
+    spec = spec_from_dict(_read_json(path), source=str(path), base_dir=path.resolve().parent)
     if task is not None and spec.organ != task:
         raise SpecError(f"key 'organ' of {path} is {spec.organ!r} but the task is {task!r}")
     return spec

@@ -1,0 +1,125 @@
+"""How large are the inlier tumours of each split? A census of lesion sizes, from the label files alone.
+
+A split's tumour Dice averages over the cases that hold the class, and small lesions score low whatever the model.
+A split whose cases hold mostly small lesions therefore gives a low Dice by its draw of cases, not by the model. For
+each dataset, split and inlier tumour class, the report gives the cases holding the class, how many of them hold
+only small lesions (their largest connected lesion, face-connected, under ``--small_voxels`` voxels of the label's
+own grid) and the quartiles of the largest lesion's size. No model is run::
+
+    python benchmarks/lesion_sizes.py --dataset_dirs data/phantom_pancreas data/phantom_pancreas_seed1 \\
+        --out docs/benchmark/lesion_sizes.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["census", "largest_lesions", "main", "markdown"]
+
+SPLITS = ("training", "validation", "test")
+
+
+def largest_lesions(label: np.ndarray, values: list[int]) -> dict[int, int]:
+    """``{class value: voxels of its largest face-connected lesion}`` for each of ``values`` present in ``label``."""
+    sizes = {}
+    for value in values:
+        components, count = ndimage.label(label == value)
+        if count:
+            sizes[value] = int(np.bincount(components.ravel())[1:].max())
+    return sizes
+
+
+def census(dataset_dir: Path, small_voxels: int, splits: tuple[str, ...] = SPLITS) -> dict:
+    """The lesion-size census of one dataset (``dataset.json`` with ``labels`` and per-split lists).
+
+    Raises:
+        FileNotFoundError: ``dataset.json`` or a label file it names is missing.
+        KeyError: ``dataset.json`` has no ``labels``.
+    """
+    index = dataset_dir / "dataset.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{index} not found: not a dataset folder")
+    meta = json.loads(index.read_text())
+    classes = {int(v): name for v, name in meta["labels"].items() if int(v) >= 2}
+    result = {}
+    for split in splits:
+        items = meta.get(split) or []
+        if not items:
+            continue
+        sizes: dict[int, list[int]] = {value: [] for value in classes}
+        for item in items:
+            path = dataset_dir / (item["label"] if isinstance(item, dict) else item)
+            if not path.is_file():
+                raise FileNotFoundError(f"label file {path} (listed in {index}, split {split!r}) not found")
+            label = np.asarray(nib.load(str(path)).dataobj).astype(np.int16)
+            for value, size in largest_lesions(label, list(classes)).items():
+                sizes[value].append(size)
+        result[split] = {
+            "cases": len(items),
+            "classes": {
+                classes[value]: {
+                    "cases_with_class": len(found),
+                    "cases_only_small": int(sum(s < small_voxels for s in found)),
+                    "largest_lesion_quartiles": [float(q) for q in np.percentile(found, [25, 50, 75])] if found else [],
+                }
+                for value, found in sizes.items()
+            },
+        }
+    return result
+
+
+def markdown(report: dict) -> str:
+    """The census as a markdown table."""
+    small = report["small_voxels"]
+    lines = [
+        f"Cases holding each inlier tumour class, and those whose largest lesion of it is under {small} voxels "
+        "(face-connected, the label's own grid).",
+        "",
+        f"| dataset | split | cases | class | cases with the class | of them, only lesions < {small} voxels "
+        "| largest lesion, voxels: quartiles |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for dataset, splits in report["datasets"].items():
+        for split, entry in splits.items():
+            for name, c in entry["classes"].items():
+                share = (
+                    f"{c['cases_only_small']} ({c['cases_only_small'] / c['cases_with_class']:.0%})"
+                    if c["cases_with_class"]
+                    else "0"
+                )
+                quartiles = " / ".join(f"{q:.0f}" for q in c["largest_lesion_quartiles"])
+                cells = [dataset, split, entry["cases"], name, c["cases_with_class"], share, quartiles]
+                lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset_dirs", nargs="+", required=True, help="dataset folders (with dataset.json)")
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
+    parser.add_argument("--small_voxels", type=int, default=130, help="a lesion under this many voxels is small")
+    parser.add_argument("--out", required=True, help="JSON report; the markdown goes next to it")
+    args = parser.parse_args(argv)
+    if args.small_voxels < 1:
+        parser.error(f"--small_voxels must be >= 1, got {args.small_voxels}")
+    report = {
+        "small_voxels": args.small_voxels,
+        "datasets": {d: census(Path(d), args.small_voxels, tuple(args.splits)) for d in args.dataset_dirs},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(report))
+    sys.stdout.write(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
