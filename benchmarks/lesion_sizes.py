@@ -21,6 +21,11 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bundle.data.datalist import inlier_labels, load_datalist, load_dataset_json  # noqa: E402
+
 __all__ = ["census", "largest_lesions", "main", "markdown"]
 
 SPLITS = ("training", "validation", "test")
@@ -40,25 +45,19 @@ def census(dataset_dir: Path, small_voxels: int, splits: tuple[str, ...] = SPLIT
     """The lesion-size census of one dataset (``dataset.json`` with ``labels`` and per-split lists).
 
     Raises:
-        FileNotFoundError: ``dataset.json`` or a label file it names is missing.
-        KeyError: ``dataset.json`` has no ``labels``.
+        FileNotFoundError: ``dataset.json`` or a file it lists is missing (named with its path).
+        DatasetError: ``dataset.json`` is malformed.
     """
-    index = dataset_dir / "dataset.json"
-    if not index.is_file():
-        raise FileNotFoundError(f"{index} not found: not a dataset folder")
-    meta = json.loads(index.read_text())
-    classes = {int(v): name for v, name in meta["labels"].items() if int(v) >= 2}
+    classes = {value: name for value, name in inlier_labels(dataset_dir).items() if value >= 2}
+    lists = load_dataset_json(dataset_dir)
     result = {}
     for split in splits:
-        items = meta.get(split) or []
-        if not items:
+        if not lists.get(split):
             continue
+        items = load_datalist(dataset_dir, split)
         sizes: dict[int, list[int]] = {value: [] for value in classes}
         for item in items:
-            path = dataset_dir / (item["label"] if isinstance(item, dict) else item)
-            if not path.is_file():
-                raise FileNotFoundError(f"label file {path} (listed in {index}, split {split!r}) not found")
-            label = np.asarray(nib.load(str(path)).dataobj).astype(np.int16)
+            label = np.asarray(nib.load(item["label"]).dataobj).astype(np.int16)
             for value, size in largest_lesions(label, list(classes)).items():
                 sizes[value].append(size)
         result[split] = {
@@ -115,9 +114,10 @@ def main(argv: list[str] | None = None) -> dict:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    table = markdown(report)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    sys.stdout.write(markdown(report))
+    out.with_suffix(".md").write_text(table)
+    sys.stdout.write(table)
     return report
 
 

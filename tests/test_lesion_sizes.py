@@ -25,7 +25,8 @@ def _dataset(tmp_path: Path) -> Path:
     two[0:2, 0:2, 0:2] = 3  # 8 voxels ...
     two[5:10, 5:10, 5:7] = 3  # ... and 50, apart: the largest counts
     items = [
-        {"image": "unused", "label": _write(tmp_path, f"c{i}.nii.gz", a)} for i, a in enumerate((small, large, two))
+        {"image": _write(tmp_path, f"i{i}.nii.gz", a), "label": _write(tmp_path, f"c{i}.nii.gz", a)}
+        for i, a in enumerate((small, large, two))
     ]
     meta = {"labels": {"0": "background", "1": "pancreas", "2": "pdac", "3": "pnet"}, "test": items}
     (tmp_path / "dataset.json").write_text(json.dumps(meta))

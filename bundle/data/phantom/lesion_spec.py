@@ -389,7 +389,7 @@ def _base_spec_path(reference: Any, base_dir: Path) -> Path:
             raise SpecError(
                 f"key '{_EXTENDS}' {reference!r} is neither a built-in spec ({', '.join(ORGANS)}) nor a .json path"
             )
-        return SPEC_DIR / f"{reference}.json"
+        return default_spec_path(reference)
     path = (base_dir / reference).resolve()
     if not path.is_file():
         raise SpecError(f"key '{_EXTENDS}': spec file not found: {path}")
