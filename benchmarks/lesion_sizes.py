@@ -1,8 +1,10 @@
-"""How large are the inlier tumours of each split? A census of lesion sizes, from the label files alone.
+"""How large are the lesions of each split? A census of lesion sizes, from the label files alone.
 
 A split's tumour Dice averages over the cases that hold the class, and small lesions score low whatever the model.
-A split whose cases hold mostly small lesions therefore gives a low Dice by its draw of cases, not by the model. For
-each dataset, split and inlier tumour class, the report gives the cases holding the class, how many of them hold
+A split whose cases hold mostly small lesions therefore gives a low Dice by its draw of cases, not by the model; in
+the same way a small unseen lesion moves a case's OOD score little, so a ``test_ood`` split of small lesions gives a
+low case AUROC. For each dataset, split and lesion class (the inlier tumour classes; in ``test_ood`` each OOD type
+and ``any OOD type``, all OOD labels together), the report gives the cases holding the class, how many of them hold
 only small lesions (their largest connected lesion, face-connected, under ``--small_voxels`` voxels of the label's
 own grid) and the quartiles of the largest lesion's size. No model is run::
 
@@ -24,20 +26,24 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bundle.data.datalist import inlier_labels, load_datalist, load_dataset_json  # noqa: E402
+from bundle.data.datalist import inlier_labels, load_datalist, load_dataset_json, ood_label_names  # noqa: E402
 
-__all__ = ["census", "largest_lesions", "main", "markdown"]
+__all__ = ["ANY_OOD", "census", "largest_lesions", "main", "markdown"]
 
-SPLITS = ("training", "validation", "test")
+SPLITS = ("training", "validation", "test", "test_ood")
+
+ANY_OOD = "any OOD type"
+"""The census class of ``test_ood`` that merges every OOD label: the case's unseen lesions, whatever their type."""
 
 
-def largest_lesions(label: np.ndarray, values: list[int]) -> dict[int, int]:
-    """``{class value: voxels of its largest face-connected lesion}`` for each of ``values`` present in ``label``."""
+def largest_lesions(label: np.ndarray, values: dict[str, list[int]]) -> dict[str, int]:
+    """``{class: voxels of its largest face-connected lesion}`` for each class of ``values`` present in ``label``;
+    ``values`` maps a class name to the label values it covers (several for a merged class)."""
     sizes = {}
-    for value in values:
-        components, count = ndimage.label(label == value)
+    for name, covered in values.items():
+        components, count = ndimage.label(np.isin(label, covered))
         if count:
-            sizes[value] = int(np.bincount(components.ravel())[1:].max())
+            sizes[name] = int(np.bincount(components.ravel())[1:].max())
     return sizes
 
 
@@ -48,27 +54,30 @@ def census(dataset_dir: Path, small_voxels: int, splits: tuple[str, ...] = SPLIT
         FileNotFoundError: ``dataset.json`` or a file it lists is missing (named with its path).
         DatasetError: ``dataset.json`` is malformed.
     """
-    classes = {value: name for value, name in inlier_labels(dataset_dir).items() if value >= 2}
+    tumours = {name: [value] for value, name in inlier_labels(dataset_dir).items() if value >= 2}
+    ood = ood_label_names(dataset_dir)
+    ood_classes = {name: [value] for value, name in ood.items()} | ({ANY_OOD: list(ood)} if ood else {})
     lists = load_dataset_json(dataset_dir)
     result = {}
     for split in splits:
         if not lists.get(split):
             continue
+        classes = ood_classes if split == "test_ood" else tumours
         items = load_datalist(dataset_dir, split)
-        sizes: dict[int, list[int]] = {value: [] for value in classes}
+        sizes: dict[str, list[int]] = {name: [] for name in classes}
         for item in items:
             label = np.asarray(nib.load(item["label"]).dataobj).astype(np.int16)
-            for value, size in largest_lesions(label, list(classes)).items():
-                sizes[value].append(size)
+            for name, size in largest_lesions(label, classes).items():
+                sizes[name].append(size)
         result[split] = {
             "cases": len(items),
             "classes": {
-                classes[value]: {
+                name: {
                     "cases_with_class": len(found),
                     "cases_only_small": int(sum(s < small_voxels for s in found)),
                     "largest_lesion_quartiles": [float(q) for q in np.percentile(found, [25, 50, 75])] if found else [],
                 }
-                for value, found in sizes.items()
+                for name, found in sizes.items()
             },
         }
     return result
@@ -78,8 +87,8 @@ def markdown(report: dict) -> str:
     """The census as a markdown table."""
     small = report["small_voxels"]
     lines = [
-        f"Cases holding each inlier tumour class, and those whose largest lesion of it is under {small} voxels "
-        "(face-connected, the label's own grid).",
+        f"Cases holding each lesion class, and those whose largest lesion of it is under {small} voxels "
+        f"(face-connected, the label's own grid); in test_ood each OOD type and '{ANY_OOD}' (all OOD labels together).",
         "",
         f"| dataset | split | cases | class | cases with the class | of them, only lesions < {small} voxels "
         "| largest lesion, voxels: quartiles |",

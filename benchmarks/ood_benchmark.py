@@ -354,6 +354,7 @@ def markdown(report: dict) -> str:
             )
             lines.append(f"| {name}, plain argmax | {plain} | | |")
     lines.extend(by_ood_type_table(report))
+    lines.extend(by_ood_size_table(report))
     lines.append("\nTargets for c with MaxQuery (met?):")
     for key, (value, met) in report["targets"].items():
         lines.append(f"- {key}: {value:.3f} ({'yes' if met else 'no'})")
@@ -407,6 +408,28 @@ def by_ood_type_table(report: dict) -> list[str]:
             near = values.get("pixel_auroc_vs_inlier_tumours", {}).get(method)
             cells.append(cell(values["pixel_auroc"][method], near, values["case_auroc"][method]))
         lines.append(f"| {type_name} | {counts['cases']} | {counts['voxels']} | {' | '.join(cells)} |")
+    return lines
+
+
+def by_ood_size_table(report: dict) -> list[str]:
+    """Markdown lines: case AUROC of the OOD cases of each lesion-size bin (``metrics.json`` ``by_ood_size``), for
+    every score of every model; empty if no evaluation has the breakdown."""
+    models = {
+        name: r["metrics"]["by_ood_size"] for name, r in report["models"].items() if r["metrics"].get("by_ood_size")
+    }
+    if not models:
+        return []
+    columns = [(name, method) for name, bins in models.items() for method in bins[0]["case_auroc"]]
+    lines = [
+        "\nCase AUROC of the OOD cases of each size (their OOD voxels on the model grid) against all inlier cases.\n",
+        "| OOD voxels | " + " | ".join(f"{name} {method}" for name, method in columns) + " |",
+        "| --- " * (len(columns) + 1) + "|",
+    ]
+    for i, first in enumerate(next(iter(models.values()))):
+        low, high = first["min_voxels"], first["max_voxels"]
+        size = f"{low} and more" if high is None else (f"under {high}" if low == 0 else f"{low} to {high - 1}")
+        cells = [f"{models[name][i]['case_auroc'][method]:.2f}" for name, method in columns]
+        lines.append(f"| {size} ({first['cases']} cases) | {' | '.join(cells)} |")
     return lines
 
 

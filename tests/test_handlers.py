@@ -84,6 +84,28 @@ def test_each_ood_type_is_scored_on_its_own(tmp_path):
     assert (rows["both"]["ood_types"], rows["spt"]["ood_types"], rows["in_a"]["ood_types"]) == ("cyst;spt", "spt", "")
 
 
+def test_case_auroc_by_ood_size_separates_the_missed_small_lesions(tmp_path):
+    # the 2^3 OOD lesion scores like the inlier tissue, the 4x4x2 one far above it: pooled 0.75, by size 0.5 and 1
+    cases = [_case("in_a", False, 0.0), _case("in_b", False, 0.0), _case("small", True, 0.0), _case("large", True, 5.0)]
+    large = cases[3][0]
+    large["label"][0, 2:6, 2:6, 3:5] = 4
+    large["ood"][0, 2:6, 2:6, 3:5] = 5.0
+    handler = OODEvaluationHandler(str(tmp_path), CLASSES, ood_labels=[4], roi_margin_voxels=1, ood_size_edges=[10])
+    _run(cases, handler._reset, handler._collect, handler._finish)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["case_ood"]["maxquery"]["auroc"] == 0.75
+    small, big = metrics["by_ood_size"]
+    assert (small["min_voxels"], small["max_voxels"], small["cases"]) == (0, 10, 1)
+    assert (big["min_voxels"], big["max_voxels"], big["cases"]) == (10, None, 1)
+    assert small["case_auroc"]["maxquery"] == 0.5 and big["case_auroc"]["maxquery"] == 1.0
+    assert metrics["settings"]["ood_size_edges"] == [10]
+
+
+def test_bad_size_edges_are_refused_before_evaluating(tmp_path):
+    with pytest.raises(ValueError, match="strictly increasing"):
+        OODEvaluationHandler(str(tmp_path), CLASSES, ood_labels=[4], ood_size_edges=[500, 250])
+
+
 def test_near_ood_compares_ood_lesions_with_the_inlier_tumours_alone(tmp_path):
     # the OOD lesions score above the organ but level with (cyst) or below (spt) the inlier tumours, as a model that
     # takes an unseen type for a known tumour would: high pooled pixel AUROC, chance or worse against the tumours

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bundle.metrics import ball, case_auroc, case_ood_metrics, fpr_at_tpr, ood_mask, pixel_ood_metrics, roi_mask
+from bundle.metrics.ood import case_auroc_by_size
 
 
 def test_roi_is_dilated_ground_truth_foreground():
@@ -82,3 +83,25 @@ def test_case_level_auroc():
     assert m["auroc"] == 1.0 and m["fpr95"] == 0.0
     with pytest.raises(ValueError, match="need inlier and OOD"):
         case_auroc([], [0.3])
+
+
+def test_case_auroc_by_size_scores_each_bin_against_every_inlier_case():
+    inlier = [0.0, 1.0, 2.0, 3.0]
+    # the two small OOD cases score among the inliers, the two large ones above all of them
+    bins = case_auroc_by_size(inlier, [1.5, 0.5, 9.0, 8.0], [100, 120, 600, 260], [250, 500])
+    assert [(b["min_size"], b["max_size"], b["cases"]) for b in bins] == [(0, 250, 2), (250, 500, 1), (500, None, 1)]
+    assert bins[0]["auroc"] == pytest.approx((2 / 4 + 1 / 4) / 2)
+    assert bins[1]["auroc"] == bins[2]["auroc"] == 1.0
+    empty = case_auroc_by_size(inlier, [9.0], [600], [250, 500])
+    assert empty[0]["cases"] == 0 and np.isnan(empty[0]["auroc"])
+
+
+@pytest.mark.parametrize("edges", [[500, 250], [0, 250], [250, 250]])
+def test_case_auroc_by_size_refuses_bad_edges(edges):
+    with pytest.raises(ValueError, match="strictly increasing"):
+        case_auroc_by_size([0.0], [1.0], [10], edges)
+
+
+def test_case_auroc_by_size_needs_a_size_per_ood_case():
+    with pytest.raises(ValueError, match="2 OOD sizes for 1 OOD scores"):
+        case_auroc_by_size([0.0], [1.0], [10, 20], [250])

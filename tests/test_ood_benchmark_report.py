@@ -86,6 +86,18 @@ def test_markdown_shows_the_plain_argmax_dice_beside_the_delivered_segmentation(
     assert "a_dynunet, plain argmax" not in text  # no offsets: one segmentation
 
 
+def report_with(ours: dict) -> dict:
+    """A report comparing ``ours`` (model c) with the reference DynUNet."""
+    return {
+        "machine": "CPU Y",
+        "seeds": {},
+        "settings": {},
+        "classes": ["pancreas", "pdac"],
+        "models": {"a_dynunet": RESULTS["a_dynunet"], "c_mask_transformer_qd": ours},
+        "targets": {},
+    }
+
+
 def test_markdown_breaks_the_ood_figures_down_by_lesion_type():
     def by_type(pixel: tuple[float, ...], case: tuple[float, ...]) -> dict:
         scores = ("maxquery", "entropy", "msp")
@@ -106,14 +118,7 @@ def test_markdown_breaks_the_ood_figures_down_by_lesion_type():
         "spt": by_type((0.61, 0.7, 0.5), (0.5, 0.6, 0.4)),
     }
     ours["metrics"]["by_ood_type"]["cyst"]["pixel_auroc_vs_inlier_tumours"] = {"maxquery": 0.93, "entropy": 0.5}
-    report = {
-        "machine": "CPU Y",
-        "seeds": {},
-        "settings": {},
-        "classes": ["pancreas", "pdac"],
-        "models": {"a_dynunet": RESULTS["a_dynunet"], "c_mask_transformer_qd": ours},
-        "targets": {},
-    }
+    report = report_with(ours)
     text = markdown(report)
     # MaxQuery and the model's best other score (entropy); the DynUNet's evaluation has no breakdown
     assert "| OOD type | cases | voxels | c_mask_transformer_qd maxquery | c_mask_transformer_qd entropy |" in text
@@ -124,3 +129,19 @@ def test_markdown_breaks_the_ood_figures_down_by_lesion_type():
     assert "| all OOD types | - | - | 0.900 / 0.700 / 0.80 | 0.800 / 0.550 / 0.70 |" in markdown(report)
     del ours["metrics"]["by_ood_type"]
     assert "OOD type" not in markdown(report)
+
+
+def test_report_tables_case_auroc_by_ood_size():
+    ours = model({"maxquery": (0.9, 0.5, 0.2)}, {"maxquery": 0.8}, {"train_s": 2.0})
+    ours["metrics"]["by_ood_size"] = [
+        {"min_voxels": 0, "max_voxels": 250, "cases": 7, "case_auroc": {"maxquery": 0.537, "msp": 0.351}},
+        {"min_voxels": 250, "max_voxels": None, "cases": 23, "case_auroc": {"maxquery": 0.855, "msp": 0.596}},
+    ]
+    report = report_with(ours)
+    text = markdown(report)
+    # only the evaluation with the breakdown has columns; every one of its scores, in its order
+    assert "| OOD voxels | c_mask_transformer_qd maxquery | c_mask_transformer_qd msp |" in text
+    assert "| under 250 (7 cases) | 0.54 | 0.35 |" in text
+    assert "| 250 and more (23 cases) | 0.85 | 0.60 |" in text
+    del ours["metrics"]["by_ood_size"]
+    assert "OOD voxels" not in markdown(report)

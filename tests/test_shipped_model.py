@@ -74,3 +74,20 @@ def test_training_can_start_from_the_shipped_model(repo_root):
     assert any(not torch.equal(fresh[k], v) for k, v in shipped.items()), "a new training starts from random weights"
     started = _train_network(repo_root, init_ckpt_path=str(repo_root / "models" / "model.pt")).state_dict()
     assert all(torch.equal(started[k], v) for k, v in shipped.items())
+
+
+def test_the_kept_dynunet_baseline_loads_into_its_config_and_owns_its_calibration(repo_root):
+    baseline = repo_root / "docs" / "benchmark" / "dynunet_baseline" / "models"
+    calibration = json.loads((baseline / "ood_calibration.json").read_text())
+    assert calibration["model_sha256"] == file_sha256(baseline / "model.pt")
+    parser = ConfigParser()
+    parser.read_config(config_files("train.json", "baseline_dynunet.json", root=repo_root))
+    parser.update({"bundle_root": str(repo_root)})
+    network = load_weights(parser.get_parsed_content("network_def"), baseline / "model.pt")
+    with torch.no_grad():
+        logits = network(torch.zeros(1, 1, *parser["patch_size"]))
+    assert logits.shape[1] == parser.get_parsed_content("num_classes")
+    # the benchmark's report of it is the one of these weights (its calibration's offsets, its Dice)
+    report = json.loads((repo_root / "docs" / "benchmark" / "results.json").read_text())["models"]["a_dynunet"]
+    offsets = {str(k): float(v) for k, v in calibration["hysteresis_offsets"].items()}
+    assert report["metrics"]["settings"]["hysteresis_offsets"] == offsets

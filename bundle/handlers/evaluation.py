@@ -24,7 +24,7 @@ from monai.utils import min_version, optional_import
 
 from bundle.data.files import atomic_write, atomic_write_text
 from bundle.handlers.naming import case_name
-from bundle.metrics.ood import case_auroc, pixel_ood_metrics, roi_mask
+from bundle.metrics.ood import case_auroc, case_auroc_by_size, pixel_ood_metrics, roi_mask
 from bundle.ood.case_score import case_ood_score, eroded_foreground
 from bundle.ood.scores import SCORES, OODScore, class_inputs
 from bundle.ood.smoothing import grid_spacing, smooth_score_map
@@ -63,6 +63,9 @@ PROTOCOL = {
     "non-OOD ROI voxel of every case (voxels of other OOD types left out), and case AUROC of the test_ood cases "
     "holding that type (positive) against the test cases; a case with several types counts for each; "
     "pixel_auroc_vs_inlier_tumours: that type's voxels against the inlier tumour voxels alone (as near_ood)",
+    "by_ood_size": "case AUROC of the test_ood cases whose OOD voxels (all OOD labels of the case, on the model grid) "
+    "fall in each size bin [min_size, max_size) of ood_size_edges, against all test cases: a small unseen lesion "
+    "moves a case score little, so the pooled case AUROC depends on the sizes a split happens to draw",
 }
 
 
@@ -108,6 +111,8 @@ class OODEvaluationHandler:
         ood_label_names: OOD label value -> lesion type name (e.g. ``bundle.data.ood_label_names(dataset)``), for
             the per-type breakdown ``by_ood_type`` of ``metrics.json`` and the ``ood_types`` column of
             ``per_case.csv``; a type without a name is keyed by its label value.
+        ood_size_edges: voxel edges of the OOD-lesion size bins of ``by_ood_size`` in ``metrics.json`` (model
+            grid, strictly increasing; :func:`bundle.metrics.case_auroc_by_size`).
         save_scores: also write ``roi_scores.npz``: the pooled ROI voxel scores of every method and the OOD mask
             ``is_ood``, for ROC and precision-recall curves, with ``ood_type`` (int16, each voxel's OOD label value,
             0 for the others), ``inlier_tumour`` (bool, the voxel is an inlier tumour in the ground truth),
@@ -137,6 +142,7 @@ class OODEvaluationHandler:
         save_scores: bool = False,
         hysteresis_offsets: Mapping[int | str, float] | None = None,
         ood_label_names: Mapping[int | str, str] | None = None,
+        ood_size_edges: Sequence[int] = (250, 500),
     ) -> None:
         if input_type not in ("probabilities", "logits"):
             raise ValueError(f"input_type must be 'probabilities' or 'logits', got '{input_type}'.")
@@ -163,6 +169,8 @@ class OODEvaluationHandler:
         self.metrics_filename, self.per_case_filename = metrics_filename, per_case_filename
         self.save_scores = save_scores
         self.hysteresis_offsets = check_offsets(hysteresis_offsets, self.num_classes)
+        self.ood_size_edges = [int(e) for e in ood_size_edges]
+        case_auroc_by_size([], [], [], self.ood_size_edges)  # refuses bad edges now, not after the whole evaluation
         self._reset()
 
     def _select_scores(self, methods: Sequence[str] | None) -> tuple[list[OODScore], dict[str, str]]:
@@ -280,6 +288,7 @@ class OODEvaluationHandler:
             "case_ood": case,
             "near_ood": {m: self._auroc_against_tumours(pooled[m], is_ood, tumour) for m in self.methods},
             "by_ood_type": self._by_ood_type(inlier, pooled, tumour),
+            "by_ood_size": self._by_ood_size(inlier, ood),
             "skipped_scores": dict(self.skipped),
             "num_cases": {"test": len(inlier), "test_ood": len(ood)},
             "num_roi_voxels": {"total": int(is_ood.size), "ood": int(is_ood.sum())},
@@ -289,6 +298,7 @@ class OODEvaluationHandler:
                 "case_erode_voxels": self.case_erode_voxels,
                 "smoothing_sigma_mm": self.smoothing_sigma_mm,
                 "ood_labels": self.ood_labels,
+                "ood_size_edges": self.ood_size_edges,
                 "input_type": self.input_type,
                 "hysteresis_offsets": {str(k): v for k, v in self.hysteresis_offsets.items()},
             },
@@ -333,6 +343,26 @@ class OODEvaluationHandler:
                 },
             }
         return results
+
+    def _by_ood_size(self, inlier: list[dict], ood: list[dict]) -> list[dict]:
+        """Case AUROC of every score for the OOD cases of each size bin (see ``PROTOCOL``)."""
+        sizes = [c["ood_voxels"] for c in ood]
+        per_method = {
+            m: case_auroc_by_size(
+                [c[f"score_{m}"] for c in inlier], [c[f"score_{m}"] for c in ood], sizes, self.ood_size_edges
+            )
+            for m in self.methods
+        }
+        bins = case_auroc_by_size([], [0.0] * len(sizes), sizes, self.ood_size_edges)  # the bins and their counts
+        return [
+            {
+                "min_voxels": b["min_size"],
+                "max_voxels": b["max_size"],
+                "cases": b["cases"],
+                "case_auroc": {m: per_method[m][i]["auroc"] for m in self.methods},
+            }
+            for i, b in enumerate(bins)
+        ]
 
     def _finish(self, engine: Engine) -> None:
         self.metrics = self.compute()

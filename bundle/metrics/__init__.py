@@ -12,7 +12,16 @@ from .bootstrap import (
     histogram_metrics,
     percentile_interval,
 )
-from .ood import ball, case_auroc, case_ood_metrics, fpr_at_tpr, ood_mask, pixel_ood_metrics, roi_mask
+from .ood import (
+    ball,
+    case_auroc,
+    case_auroc_by_size,
+    case_ood_metrics,
+    fpr_at_tpr,
+    ood_mask,
+    pixel_ood_metrics,
+    roi_mask,
+)
 
 __all__ = [
     "ScoreHistograms",
@@ -22,6 +31,7 @@ __all__ = [
     "bootstrap_mean",
     "bootstrap_pixel_metrics",
     "case_auroc",
+    "case_auroc_by_size",
     "case_ood_metrics",
     "case_weights",
     "fpr_at_tpr",

@@ -24,7 +24,16 @@ import torch
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-__all__ = ["ball", "case_auroc", "case_ood_metrics", "fpr_at_tpr", "ood_mask", "pixel_ood_metrics", "roi_mask"]
+__all__ = [
+    "ball",
+    "case_auroc",
+    "case_auroc_by_size",
+    "case_ood_metrics",
+    "fpr_at_tpr",
+    "ood_mask",
+    "pixel_ood_metrics",
+    "roi_mask",
+]
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
 
@@ -160,3 +169,41 @@ def case_ood_metrics(inlier_scores: ArrayLike, ood_scores: ArrayLike) -> dict[st
         "aupr": float(average_precision_score(y, s)),
         "fpr95": fpr_at_tpr(y, s, 0.95),
     }
+
+
+def case_auroc_by_size(
+    inlier_scores: ArrayLike, ood_scores: ArrayLike, ood_sizes: ArrayLike, edges: Sequence[int]
+) -> list[dict]:
+    """Case AUROC of the OOD cases of each lesion-size bin against all inlier cases.
+
+    A small unseen lesion moves a case's score little, so the pooled case AUROC of a split depends on how large its
+    OOD lesions happen to be; by bin it does not.
+
+    Args:
+        inlier_scores: the inlier cases' scores.
+        ood_scores: the OOD cases' scores.
+        ood_sizes: each OOD case's OOD-lesion size (e.g. its OOD voxels), aligned with ``ood_scores``.
+        edges: increasing bin edges; the bins are ``[0, e0)``, ``[e0, e1)``, ..., ``[e_last, inf)``.
+
+    Returns:
+        One dict per bin: ``min_size``, ``max_size`` (``None`` for the last, open bin), ``cases`` (OOD cases in the
+        bin) and ``auroc`` (NaN for a bin without OOD cases or without inlier cases).
+
+    Raises:
+        ValueError: edges not strictly increasing or not positive, or sizes and OOD scores of different lengths.
+    """
+    bounds = [int(e) for e in edges]
+    if any(e <= 0 for e in bounds) or any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):
+        raise ValueError(f"size edges must be positive and strictly increasing, got {list(edges)}.")
+    neg = _np(inlier_scores).astype(np.float64).reshape(-1)
+    pos = _np(ood_scores).astype(np.float64).reshape(-1)
+    sizes = _np(ood_sizes).astype(np.float64).reshape(-1)
+    if sizes.size != pos.size:
+        raise ValueError(f"got {sizes.size} OOD sizes for {pos.size} OOD scores.")
+    bins = []
+    for low, high in zip([0, *bounds], [*bounds, None], strict=True):
+        inside = (sizes >= low) & (sizes < high if high is not None else True)
+        count = int(inside.sum())
+        auroc = case_auroc(neg, pos[inside]) if count and neg.size else float("nan")
+        bins.append({"min_size": low, "max_size": high, "cases": count, "auroc": auroc})
+    return bins
