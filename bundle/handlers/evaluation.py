@@ -24,7 +24,7 @@ from monai.utils import min_version, optional_import
 
 from bundle.data.files import atomic_write, atomic_write_text
 from bundle.handlers.naming import case_name
-from bundle.metrics.ood import case_auroc, case_auroc_by_size, pixel_ood_metrics, roi_mask
+from bundle.metrics.ood import case_auroc, case_auroc_by_size, check_size_edges, pixel_ood_metrics, roi_mask, size_bins
 from bundle.ood.case_score import case_ood_score, eroded_foreground
 from bundle.ood.scores import SCORES, OODScore, class_inputs
 from bundle.ood.smoothing import grid_spacing, smooth_score_map
@@ -169,8 +169,7 @@ class OODEvaluationHandler:
         self.metrics_filename, self.per_case_filename = metrics_filename, per_case_filename
         self.save_scores = save_scores
         self.hysteresis_offsets = check_offsets(hysteresis_offsets, self.num_classes)
-        self.ood_size_edges = [int(e) for e in ood_size_edges]
-        case_auroc_by_size([], [], [], self.ood_size_edges)  # refuses bad edges now, not after the whole evaluation
+        self.ood_size_edges = check_size_edges(ood_size_edges)  # bad edges refused now, not after the evaluation
         self._reset()
 
     def _select_scores(self, methods: Sequence[str] | None) -> tuple[list[OODScore], dict[str, str]]:
@@ -347,21 +346,20 @@ class OODEvaluationHandler:
     def _by_ood_size(self, inlier: list[dict], ood: list[dict]) -> list[dict]:
         """Case AUROC of every score for the OOD cases of each size bin (see ``PROTOCOL``)."""
         sizes = [c["ood_voxels"] for c in ood]
-        per_method = {
+        aurocs = {
             m: case_auroc_by_size(
                 [c[f"score_{m}"] for c in inlier], [c[f"score_{m}"] for c in ood], sizes, self.ood_size_edges
             )
             for m in self.methods
         }
-        bins = case_auroc_by_size([], [0.0] * len(sizes), sizes, self.ood_size_edges)  # the bins and their counts
         return [
             {
-                "min_voxels": b["min_size"],
-                "max_voxels": b["max_size"],
-                "cases": b["cases"],
-                "case_auroc": {m: per_method[m][i]["auroc"] for m in self.methods},
+                "min_voxels": low,
+                "max_voxels": high,
+                "cases": int(inside.sum()),
+                "case_auroc": {m: aurocs[m][i]["auroc"] for m in self.methods},
             }
-            for i, b in enumerate(bins)
+            for i, (low, high, inside) in enumerate(size_bins(sizes, self.ood_size_edges))
         ]
 
     def _finish(self, engine: Engine) -> None:

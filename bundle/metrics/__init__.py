@@ -17,10 +17,12 @@ from .ood import (
     case_auroc,
     case_auroc_by_size,
     case_ood_metrics,
+    check_size_edges,
     fpr_at_tpr,
     ood_mask,
     pixel_ood_metrics,
     roi_mask,
+    size_bins,
 )
 
 __all__ = [
@@ -34,10 +36,12 @@ __all__ = [
     "case_auroc_by_size",
     "case_ood_metrics",
     "case_weights",
+    "check_size_edges",
     "fpr_at_tpr",
     "histogram_metrics",
     "ood_mask",
     "percentile_interval",
     "pixel_ood_metrics",
     "roi_mask",
+    "size_bins",
 ]

@@ -29,10 +29,12 @@ __all__ = [
     "case_auroc",
     "case_auroc_by_size",
     "case_ood_metrics",
+    "check_size_edges",
     "fpr_at_tpr",
     "ood_mask",
     "pixel_ood_metrics",
     "roi_mask",
+    "size_bins",
 ]
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
@@ -171,6 +173,29 @@ def case_ood_metrics(inlier_scores: ArrayLike, ood_scores: ArrayLike) -> dict[st
     }
 
 
+def check_size_edges(edges: Sequence[int]) -> list[int]:
+    """The lesion-size bin edges as ints, checked: the bins are ``[0, e0)``, ``[e0, e1)``, ..., ``[e_last, inf)``.
+
+    Raises:
+        ValueError: edges not strictly increasing or not positive.
+    """
+    bounds = [int(e) for e in edges]
+    if any(e <= 0 for e in bounds) or any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):
+        raise ValueError(f"size edges must be positive and strictly increasing, got {list(edges)}.")
+    return bounds
+
+
+def size_bins(sizes: ArrayLike, edges: Sequence[int]) -> list[tuple[int, int | None, np.ndarray]]:
+    """``(min_size, max_size, members)`` of each bin of :func:`check_size_edges`: ``max_size`` is ``None`` for the
+    last, open bin and ``members`` a boolean mask over ``sizes``."""
+    bounds = check_size_edges(edges)
+    values = _np(sizes).astype(np.float64).reshape(-1)
+    return [
+        (low, high, (values >= low) & (values < (np.inf if high is None else high)))
+        for low, high in zip([0, *bounds], [*bounds, None], strict=True)
+    ]
+
+
 def case_auroc_by_size(
     inlier_scores: ArrayLike, ood_scores: ArrayLike, ood_sizes: ArrayLike, edges: Sequence[int]
 ) -> list[dict]:
@@ -183,7 +208,7 @@ def case_auroc_by_size(
         inlier_scores: the inlier cases' scores.
         ood_scores: the OOD cases' scores.
         ood_sizes: each OOD case's OOD-lesion size (e.g. its OOD voxels), aligned with ``ood_scores``.
-        edges: increasing bin edges; the bins are ``[0, e0)``, ``[e0, e1)``, ..., ``[e_last, inf)``.
+        edges: increasing bin edges (:func:`size_bins`).
 
     Returns:
         One dict per bin: ``min_size``, ``max_size`` (``None`` for the last, open bin), ``cases`` (OOD cases in the
@@ -192,18 +217,17 @@ def case_auroc_by_size(
     Raises:
         ValueError: edges not strictly increasing or not positive, or sizes and OOD scores of different lengths.
     """
-    bounds = [int(e) for e in edges]
-    if any(e <= 0 for e in bounds) or any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):
-        raise ValueError(f"size edges must be positive and strictly increasing, got {list(edges)}.")
     neg = _np(inlier_scores).astype(np.float64).reshape(-1)
     pos = _np(ood_scores).astype(np.float64).reshape(-1)
-    sizes = _np(ood_sizes).astype(np.float64).reshape(-1)
-    if sizes.size != pos.size:
-        raise ValueError(f"got {sizes.size} OOD sizes for {pos.size} OOD scores.")
-    bins = []
-    for low, high in zip([0, *bounds], [*bounds, None], strict=True):
-        inside = (sizes >= low) & (sizes < high if high is not None else True)
-        count = int(inside.sum())
-        auroc = case_auroc(neg, pos[inside]) if count and neg.size else float("nan")
-        bins.append({"min_size": low, "max_size": high, "cases": count, "auroc": auroc})
-    return bins
+    bins = size_bins(ood_sizes, edges)
+    if bins[0][2].size != pos.size:
+        raise ValueError(f"got {bins[0][2].size} OOD sizes for {pos.size} OOD scores.")
+    return [
+        {
+            "min_size": low,
+            "max_size": high,
+            "cases": int(inside.sum()),
+            "auroc": case_auroc(neg, pos[inside]) if inside.any() and neg.size else float("nan"),
+        }
+        for low, high, inside in bins
+    ]
