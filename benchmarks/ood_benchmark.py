@@ -66,6 +66,7 @@ from benchmarks.concurrent_runs import PROBE_EPOCHS, fit_epochs, run_concurrentl
 from bundle.configs import config_files, flatten_configs  # noqa: E402
 from bundle.data import ensure_dataset, load_datalist, ood_label_values  # noqa: E402
 from bundle.handlers import ROI_VOXEL_KEYS  # noqa: E402
+from bundle.ood import CLASS_CENTRED_SCORE  # noqa: E402
 from bundle.scripts.pipeline import parse_overrides  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
@@ -110,6 +111,8 @@ REQUIRED = ("a_dynunet", "c_mask_transformer_qd")
 TARGETS = {"auroc": 0.90, "aupr": 0.30, "case_auroc": 0.85}
 GOALS = {"auroc": 0.95, "aupr": 0.60, "fpr95": 0.25, "case_auroc": 0.95}
 AUROC_MARGIN = 0.05
+MAXQUERY_SCORES = ("maxquery", CLASS_CENTRED_SCORE)
+"""The method's own scores; every other score of every model is a baseline."""
 SEED = 0
 
 
@@ -232,11 +235,12 @@ def reference_results(path: Path, names: list[str]) -> dict:
 
 
 def best_baseline(results: dict) -> dict[str, float]:
-    """The best value of each pixel metric over every non-MaxQuery score of every model."""
+    """The best value of each pixel metric over every score of every model that is not MaxQuery (or its
+    class-centred form)."""
     best = {"auroc": -np.inf, "aupr": -np.inf, "fpr95": np.inf, "case_auroc": -np.inf}
     for result in results.values():
         for method, values in result["metrics"]["pixel_ood"].items():
-            if method == "maxquery":
+            if method in MAXQUERY_SCORES:
                 continue
             best["auroc"] = max(best["auroc"], values["auroc"])
             best["aupr"] = max(best["aupr"], values["aupr"])
@@ -327,8 +331,8 @@ def markdown(report: dict) -> str:
             "replacement within test and within test_ood; pixel metrics of a replicate from its cases' ROI voxels, "
             f"scores in at most {settings[0]['num_bins']} bins).\n"
         )
-    lines.append("| model | score | pixel AUROC | AUPR | FPR95 | case AUROC |")
-    lines.append("| --- | --- | --- | --- | --- | --- |")
+    lines.append("| model | score | pixel AUROC | AUPR | FPR95 | case AUROC | near-OOD AUROC |")
+    lines.append("| --- | --- | --- | --- | --- | --- | --- |")
     for name, result in report["models"].items():
         intervals = result.get("intervals") or {}
         for method, values in result["metrics"]["pixel_ood"].items():
@@ -338,7 +342,9 @@ def markdown(report: dict) -> str:
                 intervals.get("case_ood", {}).get(method, {}).get("auroc"),
             )
             cells = [with_interval(values[key], pixel.get(key)) for key in ("auroc", "aupr", "fpr95")]
-            lines.append(f"| {name} | {method} | {' | '.join(cells)} | {case} |")
+            near = result["metrics"].get("near_ood", {}).get(method)
+            near = "-" if near is None or not np.isfinite(near) else f"{near:.3f}"
+            lines.append(f"| {name} | {method} | {' | '.join(cells)} | {case} | {near} |")
     lines.append("\n| model | " + " | ".join(f"Dice {c}" for c in report["classes"]) + " | train s | evaluate s |")
     lines.append("| --- " * (len(report["classes"]) + 3) + "|")
     for name, result in report["models"].items():
@@ -353,6 +359,10 @@ def markdown(report: dict) -> str:
                 for c in report["classes"]
             )
             lines.append(f"| {name}, plain argmax | {plain} | | |")
+    lines.append(
+        "\nnear-OOD AUROC: the pixel AUROC of the OOD-lesion voxels against the inlier tumour voxels alone (is an "
+        "unseen type told apart from the known ones?), without an interval."
+    )
     lines.extend(by_ood_type_table(report))
     lines.extend(by_ood_size_table(report))
     lines.append("\nTargets for c with MaxQuery (met?):")
@@ -363,14 +373,15 @@ def markdown(report: dict) -> str:
 
 def by_ood_type_table(report: dict) -> list[str]:
     """Markdown lines: pixel / case AUROC of each OOD lesion type on its own (``metrics.json`` ``by_ood_type``), for
-    MaxQuery and each model's best other score (by pooled pixel AUROC); empty if no evaluation has the breakdown."""
+    MaxQuery (and its class-centred form) and each model's best other score (by pooled pixel AUROC); empty if no
+    evaluation has the breakdown."""
     columns = []
     for name, result in report["models"].items():
         metrics = result["metrics"]
         if not metrics.get("by_ood_type"):
             continue
-        others = [m for m in metrics["pixel_ood"] if m != "maxquery"]
-        picked = (["maxquery"] if "maxquery" in metrics["pixel_ood"] else []) + (
+        others = [m for m in metrics["pixel_ood"] if m not in MAXQUERY_SCORES]
+        picked = [m for m in MAXQUERY_SCORES if m in metrics["pixel_ood"]] + (
             [max(others, key=lambda m: metrics["pixel_ood"][m]["auroc"])] if others else []
         )
         columns += [(name, method) for method in picked]
@@ -380,7 +391,7 @@ def by_ood_type_table(report: dict) -> list[str]:
     lines = [
         "\nEach OOD lesion type on its own: pixel AUROC (its voxels against every non-OOD ROI voxel) / pixel AUROC "
         "against the inlier tumour voxels alone (where evaluated) / case AUROC (the OOD cases holding it against the "
-        "inlier cases), for MaxQuery and each model's best other score.\n",
+        "inlier cases), for MaxQuery, its class-centred form and each model's best other score.\n",
         "| OOD type | cases | voxels | " + " | ".join(f"{name} {method}" for name, method in columns) + " |",
         "| --- " * (len(columns) + 3) + "|",
     ]
@@ -435,7 +446,15 @@ def by_ood_size_table(report: dict) -> list[str]:
 
 def plot_curves(names: list[str], work: Path, out: Path) -> None:
     """ROC and precision-recall curves of every score of every model."""
-    styles = {"maxquery": "-", "msp": ":", "entropy": "--", "rba": "-.", "max_logit": (0, (1, 4)), "energy": "-"}
+    styles = {
+        "maxquery": "-",
+        CLASS_CENTRED_SCORE: "--",
+        "msp": ":",
+        "entropy": "--",
+        "rba": "-.",
+        "max_logit": (0, (1, 4)),
+        "energy": "-",
+    }
     fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(12, 5))
     for colour, name in enumerate(names):
         scores = np.load(work / name / "evaluation" / "roi_scores.npz")
@@ -444,7 +463,7 @@ def plot_curves(names: list[str], work: Path, out: Path) -> None:
             if method in ROI_VOXEL_KEYS:
                 continue
             line = {"color": f"C{colour}", "linestyle": styles.get(method, ":"), "label": f"{name} {method}"}
-            line["linewidth"] = 2.0 if method == "maxquery" else 1.0
+            line["linewidth"] = 2.0 if method in MAXQUERY_SCORES else 1.0
             fpr, tpr, _ = roc_curve(is_ood, scores[method])
             precision, recall, _ = precision_recall_curve(is_ood, scores[method])
             roc_ax.plot(fpr, tpr, **line)

@@ -186,7 +186,8 @@ def test_a_registered_score_is_evaluated_without_touching_the_evaluation(tmp_pat
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert list(metrics["pixel_ood"]) == ["maxquery", "msp", "max_logit", "energy", "entropy", "rba", "neg_max_prob"]
     assert metrics["pixel_ood"]["neg_max_prob"]["auroc"] == metrics["pixel_ood"]["msp"]["auroc"]  # msp - 1
-    assert set(metrics["case_ood"]["neg_max_prob"]) == {"auroc"} and metrics["skipped_scores"] == {}
+    assert set(metrics["case_ood"]["neg_max_prob"]) == {"auroc"}
+    assert list(metrics["skipped_scores"]) == ["maxquery_centred"]  # no class means: nothing else is left out
     rows = {r["case"]: r for r in csv.DictReader((tmp_path / "per_case.csv").open())}
     assert float(rows["in_a"]["score_neg_max_prob"]) == pytest.approx(float(rows["in_a"]["score_msp"]) - 1.0)
     assert "neg_max_prob" in np.load(tmp_path / "roi_scores.npz").files
@@ -212,7 +213,7 @@ def test_a_score_of_an_output_the_network_lacks_is_skipped_with_the_reason(tmp_p
     _run(cases, handler._reset, handler._collect, handler._finish)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert list(metrics["pixel_ood"]) == ["msp", "max_logit", "energy", "entropy", "rba"]
-    assert set(metrics["skipped_scores"]) == {"maxquery", "neg_max_affinity"}
+    assert set(metrics["skipped_scores"]) == {"maxquery", "maxquery_centred", "neg_max_affinity"}
     assert "no query affinities" in metrics["skipped_scores"]["neg_max_affinity"]
     assert "skipped" in format_metrics_table(metrics)
     # a network that gives them gets the score: R (N=2 queries) under affinity_key
@@ -221,7 +222,8 @@ def test_a_score_of_an_output_the_network_lacks_is_skipped_with_the_reason(tmp_p
     cases[1][0]["affinity"][:, 3:5, 3:5, 3:5] = -1.0  # the OOD lesion is far from every query
     handler = OODEvaluationHandler(str(tmp_path), CLASSES, ood_labels=[4], roi_margin_voxels=1, affinity_key="affinity")
     _run(cases, handler._reset, handler._collect, handler._finish)
-    assert handler.metrics["pixel_ood"]["neg_max_affinity"]["auroc"] == 1.0 and handler.metrics["skipped_scores"] == {}
+    assert handler.metrics["pixel_ood"]["neg_max_affinity"]["auroc"] == 1.0
+    assert list(handler.metrics["skipped_scores"]) == ["maxquery_centred"]
 
 
 def test_calibration_flags_at_most_the_target_fraction_of_inlier_cases(tmp_path):

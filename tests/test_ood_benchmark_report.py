@@ -31,6 +31,13 @@ RESULTS = {
 def test_best_baseline_takes_each_metric_from_any_model_but_never_maxquery():
     best = best_baseline(RESULTS)
     assert best == pytest.approx({"auroc": 0.75, "aupr": 0.20, "fpr95": 0.30, "case_auroc": 0.9})
+    # the class-centred MaxQuery is the method's own score, not a baseline
+    ours = model(
+        {"maxquery": (0.99, 0.90, 0.01), "maxquery_centred": (0.98, 0.8, 0.02), "entropy": (0.75, 0.10, 0.50)},
+        {"maxquery": 1.0, "maxquery_centred": 0.99, "entropy": 0.6},
+        {},
+    )
+    assert best_baseline({**RESULTS, "c_mask_transformer_qd": ours}) == best
 
 
 def test_markdown_reports_every_score_the_training_machine_and_missing_timings():
@@ -44,7 +51,14 @@ def test_markdown_reports_every_score_the_training_machine_and_missing_timings()
     }
     text = markdown(report)
     assert "Trained on: GPU X. Report made on: CPU Y." in text
-    assert "| c_mask_transformer_qd | maxquery | 0.990 | 0.900 | 0.010 | 1.000 |" in text
+    assert "| c_mask_transformer_qd | maxquery | 0.990 | 0.900 | 0.010 | 1.000 | - |" in text  # no near-OOD figure
+    RESULTS["c_mask_transformer_qd"]["metrics"]["near_ood"] = {"maxquery": 0.7, "entropy": float("nan")}
+    try:
+        text = markdown(report)
+    finally:
+        del RESULTS["c_mask_transformer_qd"]["metrics"]["near_ood"]
+    assert "| c_mask_transformer_qd | maxquery | 0.990 | 0.900 | 0.010 | 1.000 | 0.700 |" in text
+    assert "| c_mask_transformer_qd | entropy | 0.750 | 0.100 | 0.500 | 0.600 | - |" in text
     assert "| a_dynunet | 0.800 | 0.100 | 1.0 | - |" in text  # no evaluation time recorded
     assert "- auroc: 0.990 (yes)" in text and "- fpr95: 0.400 (no)" in text
 

@@ -49,9 +49,18 @@ def test_refinement_follows_the_training_with_its_own_config_and_epochs(recorded
     assert refine["num_workers"] == 0 and refine["ckpt_dir"] == str(tmp_path / "models")
     assert by_stage["mask_transformer"]["files"] == ["common.json", "train.json"]
     assert by_stage["mask_transformer"]["train#trainer#max_epochs"] == 7
+    # validated once, after its last epoch (the refinement's interval is its epoch count in refine.json)
+    assert by_stage["mask_transformer"]["val_interval"] == 7
+    assert all("val_interval" not in by_stage[stage] for stage in ("localiser", "refinement", "calibration"))
     assert all("refine_epochs" not in by_stage[stage] for stage in ("localiser", "mask_transformer", "calibration"))
     timings = json.loads((tmp_path / "eval" / "timings.json").read_text())["seconds"]
     assert list(timings) == ["dataset", *names, "evaluation", "total"]
+
+
+def test_a_validation_interval_given_by_the_user_is_kept(recorded_runs, tmp_path):
+    pipeline.run_pipeline(REPO, run_dir=tmp_path, max_epochs=7, overrides={"val_interval": 2})
+    transformer = next(c for c in recorded_runs if "train#trainer#max_epochs" in c)
+    assert transformer["train#trainer#max_epochs"] == 7 and transformer["val_interval"] == 2
 
 
 def test_zero_refinement_epochs_skip_the_stage_and_impossible_counts_are_refused(recorded_runs, tmp_path):

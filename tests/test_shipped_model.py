@@ -9,6 +9,7 @@ from monai.bundle import ConfigParser
 
 from bundle.configs import config_files
 from bundle.networks import load_weights
+from bundle.ood import calibrated_class_means
 from bundle.ood.calibration import check_case_score, file_sha256
 
 
@@ -36,8 +37,14 @@ def test_shipped_calibration_records_the_shipped_model(repo_root):
     calibration = json.loads((repo_root / "models" / "ood_calibration.json").read_text())
     assert calibration["model_sha256"] == file_sha256(repo_root / "models" / "model.pt")
     parser = ConfigParser()
+    parser.read_meta(str(repo_root / "metadata.json"))
     parser.read_config(config_files("inference.json", root=repo_root))
     assert check_case_score(calibration, parser.get_parsed_content("case_score_settings")), "settings not recorded"
+    # the class means of the class-centred MaxQuery, one per class: the known tumours sit further from their centres
+    models = repo_root / "models"
+    means = calibrated_class_means(str(models / "ood_calibration.json"), models / "model.pt")
+    assert sorted(means) == list(range(parser.get_parsed_content("num_classes")))
+    assert min(means[2], means[3]) > means[1] + 10
 
 
 def test_the_records_agree_with_the_benchmark_and_the_version(repo_root):

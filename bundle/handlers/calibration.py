@@ -18,6 +18,7 @@ from bundle.ood.calibration import (
     file_sha256,
     save_calibration,
 )
+from bundle.ood.class_centring import CLASS_MEANS_KEY, class_anomaly_sums, class_means
 from bundle.transforms.hysteresis import INPUT_TYPES, crop_to_foreground, fit_hysteresis_offsets, log_scores
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
@@ -47,6 +48,9 @@ class OODCalibrationHandler:
     model is never used with the thresholds of another one, and, with ``case_score_settings``, the settings the case
     scores were computed with, so that the case threshold is never used with another case score.
 
+    With ``class_mean_key``, it also stores under ``anomaly_class_means`` the inlier mean anomaly of each predicted
+    class (:func:`~bundle.ood.class_centring.class_anomaly_sums`), by which the class-centred MaxQuery is centred.
+
     Only inlier data may reach this handler: OOD cases are never used for model selection or calibration.
 
     Args:
@@ -67,6 +71,9 @@ class OODCalibrationHandler:
         model_path: the model file being calibrated, whose hash is recorded; by default ``model.pt`` next to
             ``save_path`` (where the bundle's configs keep the checkpoint and its calibration). Without such a file
             no hash is recorded, and a warning says so.
+        class_mean_key: key of the anomaly map the class means are fitted on; it must be the map the class-centred
+            score is computed from (the unsmoothed map, before ``SmoothOODMapd``). ``None`` fits no class means.
+        class_mean_margin_voxels: dilation of the predicted foreground whose voxels enter the class means.
     """
 
     def __init__(
@@ -84,6 +91,8 @@ class OODCalibrationHandler:
         input_type: str = "probabilities",
         crop_margin: int = 16,
         case_score_settings: Mapping[str, float | int] | None = None,
+        class_mean_key: str | None = None,
+        class_mean_margin_voxels: int = 3,
     ) -> None:
         self.save_path = Path(save_path)
         self.model_path = Path(model_path) if model_path else self.save_path.with_name("model.pt")
@@ -104,6 +113,12 @@ class OODCalibrationHandler:
         self.crop_margin = int(crop_margin)
         self.segmentation_cases: list[tuple[np.ndarray, np.ndarray]] = []
         self.case_score_settings = dict(case_score_settings) if case_score_settings is not None else None
+        self.class_mean_key = class_mean_key
+        if class_mean_margin_voxels < 0:
+            raise ValueError(f"class_mean_margin_voxels must be >= 0, got {class_mean_margin_voxels}.")
+        self.class_mean_margin_voxels = int(class_mean_margin_voxels)
+        self.class_sums: np.ndarray | None = None
+        self.class_counts: np.ndarray | None = None
 
     def attach(self, engine: Engine) -> None:
         """Register with the engine's events."""
@@ -115,11 +130,14 @@ class OODCalibrationHandler:
         self.case_scores, self.voxel_scores = [], []
         self.cases_without_foreground = 0
         self.segmentation_cases = []
+        self.class_sums, self.class_counts = None, None
 
     def _collect(self, engine: Engine) -> None:
         rng = np.random.default_rng(len(self.case_scores))
         for item in engine.state.output:
-            for key in (self.pred_key, self.ood_key, self.score_key):
+            for key in (self.pred_key, self.ood_key, self.score_key, self.class_mean_key):
+                if key is None:
+                    continue
                 if key not in item:
                     raise KeyError(f"calibration needs '{key}' in the post-processed output (keys: {sorted(item)}).")
             score = item[self.score_key]
@@ -136,6 +154,12 @@ class OODCalibrationHandler:
             self.voxel_scores.append(anomaly)
             if self.hysteresis_classes:
                 self.segmentation_cases.append(self._segmentation_case(item))
+            if self.class_mean_key:
+                sums, counts = class_anomaly_sums(
+                    item[self.class_mean_key], item[self.pred_key], self.class_mean_margin_voxels
+                )
+                self.class_sums = sums if self.class_sums is None else self.class_sums + sums
+                self.class_counts = counts if self.class_counts is None else self.class_counts + counts
 
     def _segmentation_case(self, item: dict) -> tuple[np.ndarray, np.ndarray]:
         """Log-scores and label of one case, cropped around its true and predicted foreground (memory)."""
@@ -179,6 +203,11 @@ class OODCalibrationHandler:
             calibration[HYSTERESIS_KEY] = {str(k): v for k, v in offsets.items()}
             calibration["hysteresis_dice"] = {str(k): list(v) for k, v in dice.items()}
             logger.info("hysteresis offsets %s (mean validation Dice before, after: %s)", offsets, dice)
+        if self.class_mean_key:
+            means = class_means(self.class_sums, self.class_counts)
+            calibration[CLASS_MEANS_KEY] = {str(k): v for k, v in means.items()}
+            calibration["anomaly_class_voxels"] = {str(k): int(n) for k, n in enumerate(self.class_counts)}
+            logger.info("inlier mean anomaly by predicted class: %s", means)
         if self.model_path.is_file():
             calibration[MODEL_HASH_KEY] = file_sha256(self.model_path)
         else:

@@ -26,6 +26,7 @@ from bundle.data.files import atomic_write, atomic_write_text
 from bundle.handlers.naming import case_name
 from bundle.metrics.ood import case_auroc, case_auroc_by_size, check_size_edges, pixel_ood_metrics, roi_mask, size_bins
 from bundle.ood.case_score import case_ood_score, eroded_foreground
+from bundle.ood.class_centring import CLASS_CENTRED_SCORE, CLASS_MEANS_KEY, centre_by_class, check_class_means
 from bundle.ood.scores import SCORES, OODScore, class_inputs
 from bundle.ood.smoothing import grid_spacing, smooth_score_map
 from bundle.transforms.hysteresis import check_offsets, hysteresis_argmax
@@ -113,6 +114,10 @@ class OODEvaluationHandler:
             ``per_case.csv``; a type without a name is keyed by its label value.
         ood_size_edges: voxel edges of the OOD-lesion size bins of ``by_ood_size`` in ``metrics.json`` (model
             grid, strictly increasing; :func:`bundle.metrics.case_auroc_by_size`).
+        anomaly_class_means: the inlier mean anomaly of each class from the model's calibration
+            (:func:`bundle.ood.calibrated_class_means`): the class-centred MaxQuery (``maxquery_centred``,
+            :mod:`bundle.ood.class_centring`) is then evaluated beside the registered scores. ``None`` (a
+            calibration without them) skips it with the reason; so does a network without an anomaly map.
         save_scores: also write ``roi_scores.npz``: the pooled ROI voxel scores of every method and the OOD mask
             ``is_ood``, for ROC and precision-recall curves, with ``ood_type`` (int16, each voxel's OOD label value,
             0 for the others), ``inlier_tumour`` (bool, the voxel is an inlier tumour in the ground truth),
@@ -143,6 +148,7 @@ class OODEvaluationHandler:
         hysteresis_offsets: Mapping[int | str, float] | None = None,
         ood_label_names: Mapping[int | str, str] | None = None,
         ood_size_edges: Sequence[int] = (250, 500),
+        anomaly_class_means: Mapping[int | str, float] | None = None,
     ) -> None:
         if input_type not in ("probabilities", "logits"):
             raise ValueError(f"input_type must be 'probabilities' or 'logits', got '{input_type}'.")
@@ -165,6 +171,16 @@ class OODEvaluationHandler:
         self.affinity_key = affinity_key
         self.scores, self.skipped = self._select_scores(methods)
         self.methods = [score.name for score in self.scores]
+        self.class_means = None
+        if methods is None or CLASS_CENTRED_SCORE in methods:
+            if not anomaly_key:
+                self.skipped[CLASS_CENTRED_SCORE] = "the network gives no anomaly map (anomaly_key is None)"
+            elif anomaly_class_means is None:
+                self.skipped[CLASS_CENTRED_SCORE] = f"the calibration has no {CLASS_MEANS_KEY}; recalibrate the model"
+            else:
+                self.class_means = check_class_means(anomaly_class_means, self.num_classes, CLASS_MEANS_KEY)
+                position = self.methods.index("maxquery") + 1 if "maxquery" in self.methods else len(self.methods)
+                self.methods.insert(position, CLASS_CENTRED_SCORE)
         self.pred_key, self.label_key, self.case_group_key = pred_key, label_key, case_group_key
         self.metrics_filename, self.per_case_filename = metrics_filename, per_case_filename
         self.save_scores = save_scores
@@ -174,7 +190,7 @@ class OODEvaluationHandler:
 
     def _select_scores(self, methods: Sequence[str] | None) -> tuple[list[OODScore], dict[str, str]]:
         """The scores to compute and, by name, the reason each other selected score is skipped."""
-        names = list(SCORES) if methods is None else list(methods)
+        names = list(SCORES) if methods is None else [name for name in methods if name != CLASS_CENTRED_SCORE]
         unknown = [name for name in names if name not in SCORES]
         if unknown:
             raise ValueError(f"unknown OOD score(s) {unknown}; registered: {sorted(SCORES)}.")
@@ -212,7 +228,10 @@ class OODEvaluationHandler:
         for name, key in (("anomaly", self.anomaly_key), ("affinities", self.affinity_key)):
             if key:
                 inputs[name] = torch.as_tensor(item[key]).float()
-        return {score.name: score(inputs[score.consumes], dim=0, keepdim=False) for score in self.scores}
+        maps = {score.name: score(inputs[score.consumes], dim=0, keepdim=False) for score in self.scores}
+        if self.class_means is not None:
+            maps[CLASS_CENTRED_SCORE] = centre_by_class(inputs["anomaly"][0], inputs["logits"], self.class_means)
+        return {name: maps[name] for name in self.methods}
 
     def _collect(self, engine: Engine) -> None:
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [None] * len(engine.state.output)
@@ -392,14 +411,14 @@ def format_metrics_table(metrics: Mapping) -> str:
         lines.append("  plain argmax: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["dice_argmax"].items()))
     near = metrics.get("near_ood", {})
     lines.append(
-        f"{'score':<10} {'pixel AUROC':>11} {'AUPR':>7} {'FPR95':>7} {'case AUROC':>11}"
+        f"{'score':<16} {'pixel AUROC':>11} {'AUPR':>7} {'FPR95':>7} {'case AUROC':>11}"
         + (f" {'vs tumours':>10}" if near else "")
     )
     for method, values in metrics["pixel_ood"].items():
         lines.append(
-            f"{method:<10} {values['auroc']:>11.3f} {values['aupr']:>7.3f} {values['fpr95']:>7.3f} "
+            f"{method:<16} {values['auroc']:>11.3f} {values['aupr']:>7.3f} {values['fpr95']:>7.3f} "
             f"{metrics['case_ood'][method]['auroc']:>11.3f}" + (f" {near[method]:>10.3f}" if method in near else "")
         )
     for method, reason in metrics.get("skipped_scores", {}).items():
-        lines.append(f"{method:<10} skipped: {reason}")
+        lines.append(f"{method:<16} skipped: {reason}")
     return "\n".join(lines)

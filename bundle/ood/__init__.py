@@ -1,5 +1,6 @@
 """Out-of-distribution scoring: the registry of voxel scores (each declares the network output it consumes),
-dictionary transforms, map smoothing, case scores, threshold calibration and suspected-OOD marking."""
+dictionary transforms, map smoothing, case scores, threshold calibration, the class-centred MaxQuery and
+suspected-OOD marking."""
 
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ from .calibration import (
     save_calibration,
 )
 from .case_score import CaseOODScored, case_ood_score, eroded_foreground, foreground_from_prediction
+from .class_centring import (
+    CLASS_CENTRED_SCORE,
+    CLASS_MEANS_KEY,
+    ClassCentredAnomalyd,
+    calibrated_class_means,
+    centre_by_class,
+    class_anomaly_sums,
+    class_means,
+)
 from .scores import (
     SCORE_FUNCTIONS,
     SCORE_INPUTS,
@@ -35,11 +45,14 @@ from .suspected import MarkSuspectedOODd
 from .transforms import OODScored, SplitPredictiond
 
 __all__ = [
+    "CLASS_CENTRED_SCORE",
+    "CLASS_MEANS_KEY",
     "SCORES",
     "SCORE_FUNCTIONS",
     "SCORE_INPUTS",
     "CalibrationError",
     "CaseOODScored",
+    "ClassCentredAnomalyd",
     "MarkSuspectedOODd",
     "OODScore",
     "OODScored",
@@ -47,11 +60,15 @@ __all__ = [
     "SmoothOODMapd",
     "SplitPredictiond",
     "calibrate_threshold",
+    "calibrated_class_means",
     "calibrated_hysteresis_offsets",
     "calibrated_thresholds",
     "check_case_score",
     "case_ood_score",
+    "centre_by_class",
+    "class_anomaly_sums",
     "class_inputs",
+    "class_means",
     "empirical_fpr",
     "energy",
     "entropy",
