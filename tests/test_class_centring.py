@@ -130,11 +130,22 @@ def test_the_centred_score_is_skipped_with_the_reason_where_it_cannot_be_compute
         OODEvaluationHandler(str(tmp_path / "d"), CLASSES, [4], anomaly_class_means={0: 1.0, 1: 2.0})
 
 
-def test_a_calibration_without_class_means_gives_none(tmp_path):
+def test_a_calibration_without_usable_class_means_gives_none_and_says_why(tmp_path, caplog):
     path = tmp_path / "ood_calibration.json"
     path.write_text(json.dumps({"threshold": 1.0, "voxel_threshold": 2.0}))
-    assert calibrated_class_means(str(path)) is None
+    with caplog.at_level("WARNING"):
+        assert calibrated_class_means(str(path)) is None
+    assert "has no anomaly_class_means" in caplog.text
     assert calibrated_class_means(str(tmp_path / "missing.json")) is None
     path.write_text(json.dumps({"threshold": 1.0, CLASS_MEANS_KEY: {"0": "low"}}))
-    with pytest.raises(CalibrationError, match="class 0 must be a finite number"):
-        calibrated_class_means(str(path))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert calibrated_class_means(str(path)) is None
+    assert "class 0 must be a finite number" in caplog.text
+    # the means of another model's calibration are not used
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    path.write_text(json.dumps({"threshold": 1.0, "model_sha256": "0" * 64, CLASS_MEANS_KEY: {"0": 1.0}}))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert calibrated_class_means(str(path), str(tmp_path / "model.pt")) is None
+    assert "another model" in caplog.text

@@ -117,7 +117,7 @@ class OODEvaluationHandler:
         anomaly_class_means: the inlier mean anomaly of each class from the model's calibration
             (:func:`bundle.ood.calibrated_class_means`): the class-centred MaxQuery (``maxquery_centred``,
             :mod:`bundle.ood.class_centring`) is then evaluated beside the registered scores. ``None`` (a
-            calibration without them) skips it with the reason; so does a network without an anomaly map.
+            calibration without usable means) skips it with the reason; so does a network without an anomaly map.
         save_scores: also write ``roi_scores.npz``: the pooled ROI voxel scores of every method and the OOD mask
             ``is_ood``, for ROC and precision-recall curves, with ``ood_type`` (int16, each voxel's OOD label value,
             0 for the others), ``inlier_tumour`` (bool, the voxel is an inlier tumour in the ground truth),
@@ -176,7 +176,9 @@ class OODEvaluationHandler:
             if not anomaly_key:
                 self.skipped[CLASS_CENTRED_SCORE] = "the network gives no anomaly map (anomaly_key is None)"
             elif anomaly_class_means is None:
-                self.skipped[CLASS_CENTRED_SCORE] = f"the calibration has no {CLASS_MEANS_KEY}; recalibrate the model"
+                self.skipped[CLASS_CENTRED_SCORE] = (
+                    f"no usable {CLASS_MEANS_KEY} in the model's calibration (the log says why); recalibrate the model"
+                )
             else:
                 self.class_means = check_class_means(anomaly_class_means, self.num_classes, CLASS_MEANS_KEY)
                 position = self.methods.index("maxquery") + 1 if "maxquery" in self.methods else len(self.methods)

@@ -17,8 +17,10 @@ it, so that no label is needed.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Hashable, Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,6 +40,8 @@ __all__ = [
     "class_anomaly_sums",
     "class_means",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: key of the calibration JSON holding the inlier mean anomaly of each predicted class ``{class index: mean}``
 CLASS_MEANS_KEY = "anomaly_class_means"
@@ -157,22 +161,27 @@ def centre_by_class(
 
 
 def calibrated_class_means(calibration_path: str, model_path: str | None = None) -> dict[int, float] | None:
-    """The class means of a model's calibration, or ``None`` where the calibration has none (written before 0.25.0)
-    or does not exist.
+    """The class means of a model's calibration, or ``None`` (with a logged warning) where there are none to use.
+
+    Read like :func:`~bundle.ood.calibrated_hysteresis_offsets`: nothing raises, since the evaluation must still run
+    without the class-centred score. A missing file, a calibration without means (written before 0.25.0), one of
+    another model and malformed means all give ``None``, and the evaluation lists the score as skipped.
 
     Args:
         calibration_path: ``ood_calibration.json``.
         model_path: the model file the calibration must belong to (see :func:`~bundle.ood.load_calibration`).
-
-    Raises:
-        CalibrationError: the calibration belongs to another model, or its class means are malformed.
     """
+    name = Path(calibration_path).name
     try:
         calibration = load_calibration(calibration_path, model_path)
-    except FileNotFoundError:
+        means = calibration.get(CLASS_MEANS_KEY)
+        if means is None:
+            logger.warning("%s has no %s: no class-centred MaxQuery; recalibrate the model.", name, CLASS_MEANS_KEY)
+            return None
+        return check_class_means(means, where=f"{name} '{CLASS_MEANS_KEY}'")
+    except (OSError, ValueError) as error:  # CalibrationError is a ValueError
+        logger.warning("ignoring the class means of %s: %s", name, error)
         return None
-    means = calibration.get(CLASS_MEANS_KEY)
-    return None if means is None else check_class_means(means, where=f"{calibration_path} '{CLASS_MEANS_KEY}'")
 
 
 class ClassCentredAnomalyd(MapTransform):
