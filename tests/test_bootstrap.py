@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from handler_steps import run_handler_steps
 from monai.data import MetaTensor
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -141,9 +141,7 @@ def test_saved_case_index_feeds_the_benchmark_intervals_and_report(tmp_path):
     handler = OODEvaluationHandler(
         str(evaluation), {0: "background", 1: "organ", 2: "tumour"}, [4], roi_margin_voxels=1, save_scores=True
     )
-    engine = SimpleNamespace(state=SimpleNamespace(output=[c[0] for c in cases], batch=[c[1] for c in cases]))
-    for step in (handler._reset, handler._collect, handler._finish):
-        step(engine)
+    run_handler_steps(cases, handler._reset, handler._collect, handler._finish)
     saved = np.load(evaluation / "roi_scores.npz")
     assert saved["case_index"].dtype == np.int32 and saved["case_index"].size == saved["is_ood"].size
     assert saved["case_names"].tolist() == [f"ood_{i}" for i in range(4)] + [f"in_{i}" for i in range(4)]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from handler_steps import run_handler_steps
 from monai.data import MetaTensor
 
 from bundle.handlers import OODCalibrationHandler, OODEvaluationHandler
@@ -44,12 +44,6 @@ def _case(name: str, ood: bool) -> tuple[dict, dict]:
     meta = {"filename_or_obj": f"/data/{name}.nii.gz"}
     item = {"pred": MetaTensor(probs, meta=meta), "ood": anomaly, "label": label, "ood_score": anomaly.max().item()}
     return item, {"image": MetaTensor(torch.zeros(1, 10, 10, 10), meta=meta), "ood_case": torch.tensor(int(ood))}
-
-
-def _run(cases, *steps) -> None:
-    engine = SimpleNamespace(state=SimpleNamespace(output=[c[0] for c in cases], batch=[c[1] for c in cases]))
-    for step in steps:
-        step(engine)
 
 
 def test_class_sums_count_the_predicted_classes_of_the_foreground_and_its_margin():
@@ -96,7 +90,9 @@ def test_centring_subtracts_the_mean_of_each_voxels_predicted_class():
 def test_calibrated_centring_ranks_an_unseen_lesion_above_the_known_tumours(tmp_path):
     calibration_path = tmp_path / "ood_calibration.json"
     calibrate = OODCalibrationHandler(str(calibration_path), class_mean_key="ood", class_mean_margin_voxels=1)
-    _run([_case(f"val_{i}", False) for i in range(3)], calibrate._reset, calibrate._collect, calibrate._save)
+    run_handler_steps(
+        [_case(f"val_{i}", False) for i in range(3)], calibrate._reset, calibrate._collect, calibrate._save
+    )
     means = calibrated_class_means(str(calibration_path))
     assert means == {0: BACKGROUND, 1: ORGAN, 2: TUMOUR}
     assert json.loads(calibration_path.read_text())[CLASS_MEANS_KEY] == {"0": BACKGROUND, "1": ORGAN, "2": TUMOUR}
@@ -105,7 +101,7 @@ def test_calibrated_centring_ranks_an_unseen_lesion_above_the_known_tumours(tmp_
     evaluate = OODEvaluationHandler(
         str(tmp_path / "eval"), CLASSES, [4], roi_margin_voxels=1, anomaly_class_means=means
     )
-    _run(cases, evaluate._reset, evaluate._collect, evaluate._finish)
+    run_handler_steps(cases, evaluate._reset, evaluate._collect, evaluate._finish)
     metrics = evaluate.metrics
     # MaxQuery puts the known tumours above the unseen lesion; centred, the unseen lesion is 10 above its class's
     # inlier mean and the tumours sit at theirs
@@ -118,7 +114,7 @@ def test_calibrated_centring_ranks_an_unseen_lesion_above_the_known_tumours(tmp_
 def test_the_centred_score_is_skipped_with_the_reason_where_it_cannot_be_computed(tmp_path):
     cases = [_case("in_a", False), _case("ood_a", True)]
     without_means = OODEvaluationHandler(str(tmp_path / "a"), CLASSES, [4])
-    _run(cases, without_means._reset, without_means._collect, without_means._finish)
+    run_handler_steps(cases, without_means._reset, without_means._collect, without_means._finish)
     assert "recalibrate" in without_means.metrics["skipped_scores"]["maxquery_centred"]
     assert "maxquery_centred" not in without_means.metrics["pixel_ood"]
     means = {0: BACKGROUND, 1: ORGAN, 2: TUMOUR}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from handler_steps import run_handler_steps
 from monai.data import MetaTensor
 
 from bundle.handlers import OODCalibrationHandler, OODCaseWriter, OODEvaluationHandler, format_metrics_table
@@ -38,17 +38,10 @@ def _case(name: str, ood: bool, anomaly_on_lesion: float) -> tuple[dict, dict]:
     return item, {"image": MetaTensor(torch.zeros(1, 8, 8, 8), meta=meta), "ood_case": torch.tensor(int(ood))}
 
 
-def _run(cases, *steps) -> None:
-    """Call the handler's started / iteration / completed steps on one batch of decollated items."""
-    engine = SimpleNamespace(state=SimpleNamespace(output=[c[0] for c in cases], batch=[c[1] for c in cases]))
-    for step in steps:
-        step(engine)
-
-
 def test_evaluation_scores_a_perfect_maxquery_map_as_perfect(tmp_path):
     cases = [_case("in_a", False, 0.0), _case("in_b", False, 0.0), _case("ood_a", True, 5.0), _case("ood_b", True, 4.0)]
     handler = OODEvaluationHandler(str(tmp_path), CLASSES, ood_labels=[4], roi_margin_voxels=1, save_scores=True)
-    _run(cases, handler._reset, handler._collect, handler._finish)
+    run_handler_steps(cases, handler._reset, handler._collect, handler._finish)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     maxquery = metrics["pixel_ood"]["maxquery"]
     assert (maxquery["auroc"], maxquery["aupr"], maxquery["fpr95"]) == (1.0, 1.0, 0.0)
@@ -71,7 +64,7 @@ def test_each_ood_type_is_scored_on_its_own(tmp_path):
     handler = OODEvaluationHandler(
         str(tmp_path), CLASSES, ood_labels=[4, 5, 6], roi_margin_voxels=1, ood_label_names={4: "cyst", 5: "spt"}
     )
-    _run(cases, handler._reset, handler._collect, handler._finish)
+    run_handler_steps(cases, handler._reset, handler._collect, handler._finish)
     by_type = json.loads((tmp_path / "metrics.json").read_text())["by_ood_type"]
     assert list(by_type) == ["cyst", "spt"]  # type 6 has no voxel
     assert (by_type["cyst"]["cases"], by_type["cyst"]["voxels"]) == (2, 8 + 4)
@@ -91,7 +84,7 @@ def test_case_auroc_by_ood_size_separates_the_missed_small_lesions(tmp_path):
     large["label"][0, 2:6, 2:6, 3:5] = 4
     large["ood"][0, 2:6, 2:6, 3:5] = 5.0
     handler = OODEvaluationHandler(str(tmp_path), CLASSES, ood_labels=[4], roi_margin_voxels=1, ood_size_edges=[10])
-    _run(cases, handler._reset, handler._collect, handler._finish)
+    run_handler_steps(cases, handler._reset, handler._collect, handler._finish)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["case_ood"]["maxquery"]["auroc"] == 0.75
     small, big = metrics["by_ood_size"]
@@ -119,7 +112,7 @@ def test_near_ood_compares_ood_lesions_with_the_inlier_tumours_alone(tmp_path):
         ood_label_names={4: "cyst", 5: "spt"},
         save_scores=True,
     )
-    _run(cases, handler._reset, handler._collect, handler._finish)
+    run_handler_steps(cases, handler._reset, handler._collect, handler._finish)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["pixel_ood"]["maxquery"]["auroc"] > 0.9
     assert metrics["near_ood"]["maxquery"] == pytest.approx(0.25)  # cyst voxels tie with the tumours, spt below
@@ -135,7 +128,7 @@ def test_near_ood_compares_ood_lesions_with_the_inlier_tumours_alone(tmp_path):
 def test_near_ood_is_nan_without_inlier_tumours(tmp_path):
     cases = [_case("ood_a", True, 5.0)]
     handler = OODEvaluationHandler(str(tmp_path), CLASSES, ood_labels=[4], roi_margin_voxels=1)
-    _run(cases, handler._reset, handler._collect, handler._finish)
+    run_handler_steps(cases, handler._reset, handler._collect, handler._finish)
     assert np.isnan(json.loads((tmp_path / "metrics.json").read_text())["near_ood"]["maxquery"])
 
 
@@ -152,7 +145,7 @@ def test_smoothing_changes_the_pixel_scores_of_every_method_but_not_the_case_sco
         handler = OODEvaluationHandler(
             str(out), CLASSES, ood_labels=[4], roi_margin_voxels=1, save_scores=True, smoothing_sigma_mm=sigma
         )
-        _run(cases, handler._reset, handler._collect, handler._finish)
+        run_handler_steps(cases, handler._reset, handler._collect, handler._finish)
         results[sigma] = (
             json.loads((out / "metrics.json").read_text()),
             list(csv.DictReader((out / "per_case.csv").open())),
@@ -182,7 +175,7 @@ def test_a_registered_score_is_evaluated_without_touching_the_evaluation(tmp_pat
     register_score("neg_max_prob", _negative_max_probability, "probabilities")
     cases = [_case("in_a", False, 0.0), _case("ood_a", True, 5.0)]
     handler = OODEvaluationHandler(str(tmp_path), CLASSES, ood_labels=[4], roi_margin_voxels=1, save_scores=True)
-    _run(cases, handler._reset, handler._collect, handler._finish)
+    run_handler_steps(cases, handler._reset, handler._collect, handler._finish)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert list(metrics["pixel_ood"]) == ["maxquery", "msp", "max_logit", "energy", "entropy", "rba", "neg_max_prob"]
     assert metrics["pixel_ood"]["neg_max_prob"]["auroc"] == metrics["pixel_ood"]["msp"]["auroc"]  # msp - 1
@@ -210,7 +203,7 @@ def test_a_score_of_an_output_the_network_lacks_is_skipped_with_the_reason(tmp_p
     cases = [_case("in_a", False, 0.0), _case("ood_a", True, 5.0)]
     # a per-voxel head (DynUNet baseline): no anomaly map and no affinities
     handler = OODEvaluationHandler(str(tmp_path), CLASSES, ood_labels=[4], anomaly_key=None)
-    _run(cases, handler._reset, handler._collect, handler._finish)
+    run_handler_steps(cases, handler._reset, handler._collect, handler._finish)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert list(metrics["pixel_ood"]) == ["msp", "max_logit", "energy", "entropy", "rba"]
     assert set(metrics["skipped_scores"]) == {"maxquery", "maxquery_centred", "neg_max_affinity"}
@@ -221,7 +214,7 @@ def test_a_score_of_an_output_the_network_lacks_is_skipped_with_the_reason(tmp_p
         item["affinity"] = torch.zeros(2, 8, 8, 8)
     cases[1][0]["affinity"][:, 3:5, 3:5, 3:5] = -1.0  # the OOD lesion is far from every query
     handler = OODEvaluationHandler(str(tmp_path), CLASSES, ood_labels=[4], roi_margin_voxels=1, affinity_key="affinity")
-    _run(cases, handler._reset, handler._collect, handler._finish)
+    run_handler_steps(cases, handler._reset, handler._collect, handler._finish)
     assert handler.metrics["pixel_ood"]["neg_max_affinity"]["auroc"] == 1.0
     assert list(handler.metrics["skipped_scores"]) == ["maxquery_centred"]
 
@@ -229,7 +222,7 @@ def test_a_score_of_an_output_the_network_lacks_is_skipped_with_the_reason(tmp_p
 def test_calibration_flags_at_most_the_target_fraction_of_inlier_cases(tmp_path):
     cases = [_case(f"val_{i}", False, float(i)) for i in range(20)]
     handler = OODCalibrationHandler(str(tmp_path / "calibration.json"), target_fpr=0.1)
-    _run(cases, handler._reset, handler._collect, handler._save)
+    run_handler_steps(cases, handler._reset, handler._collect, handler._save)
     calibration = json.loads((tmp_path / "calibration.json").read_text())
     scores = np.array(calibration["case_scores"])
     assert (scores > calibration["threshold"]).mean() <= 0.1
@@ -240,7 +233,9 @@ def test_a_case_threshold_is_only_used_with_the_case_score_it_was_calibrated_for
     path = tmp_path / "calibration.json"
     fitted = {"top_k_fraction": 0.05, "erode_voxels": 1}
     handler = OODCalibrationHandler(str(path), target_fpr=0.1, case_score_settings=fitted)
-    _run([_case(f"val_{i}", False, float(i)) for i in range(20)], handler._reset, handler._collect, handler._save)
+    run_handler_steps(
+        [_case(f"val_{i}", False, float(i)) for i in range(20)], handler._reset, handler._collect, handler._save
+    )
     calibration = json.loads(path.read_text())
     assert calibration["case_score_settings"] == fitted
 
@@ -264,7 +259,9 @@ def test_case_writer_leaves_the_flag_empty_for_a_threshold_of_another_case_score
     settings = {"top_k_fraction": 0.05, "erode_voxels": 1}
     path = str(tmp_path / "calibration.json")
     writer = OODCaseWriter(str(tmp_path / "out"), calibration_path=path, case_score_settings=settings)
-    _run([_case("low", False, 1.0), _case("high", True, 3.0)], writer._started, writer._collect, writer._write)
+    run_handler_steps(
+        [_case("low", False, 1.0), _case("high", True, 3.0)], writer._started, writer._collect, writer._write
+    )
     rows = list(csv.DictReader((tmp_path / "out" / "ood_cases.csv").open()))
     assert [(r["case"], r["flag"]) for r in rows] == [("high", ""), ("low", "")]
 
@@ -289,7 +286,9 @@ def test_malformed_case_score_settings_are_refused_by_name(tmp_path, settings):
 def test_case_writer_flags_against_the_calibrated_threshold(tmp_path):
     (tmp_path / "calibration.json").write_text(json.dumps({"threshold": 2.5, "voxel_threshold": 1.0}))
     writer = OODCaseWriter(str(tmp_path / "out"), calibration_path=str(tmp_path / "calibration.json"))
-    _run([_case("low", False, 1.0), _case("high", True, 3.0)], writer._started, writer._collect, writer._write)
+    run_handler_steps(
+        [_case("low", False, 1.0), _case("high", True, 3.0)], writer._started, writer._collect, writer._write
+    )
     rows = list(csv.DictReader((tmp_path / "out" / "ood_cases.csv").open()))
     assert [(r["case"], r["flag"]) for r in rows] == [("high", "1"), ("low", "0")]
 
