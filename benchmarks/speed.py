@@ -38,7 +38,7 @@ BACKBONE = {"kernel_size": [3, 3, 3, 3, 3], "strides": [1, 2, 2, 2, 2], "filters
 QUERY_GROUPS = [[4, [0]], [4, [1]], [8, [2, 3]]]
 MODELS = ("dynunet", "mask_transformer")
 
-__all__ = ["main", "measure_memory", "measure_times"]
+__all__ = ["cpu_name", "main", "measure_memory", "measure_times"]
 
 
 def _build(name: str):
@@ -76,7 +76,8 @@ def _reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model name, as /proc/cpuinfo gives it (else what ``platform`` knows)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda":
         machine = torch.cuda.get_device_name(device)
     else:
-        machine = f"{_cpu_name()} ({os.cpu_count()} logical CPUs), {torch.get_num_threads()} torch threads"
+        machine = f"{cpu_name()} ({os.cpu_count()} logical CPUs), {torch.get_num_threads()} torch threads"
     print(f"# machine: {machine}; torch {torch.__version__}; python {platform.python_version()}")
     print(f"# input 1x1x{'x'.join(map(str, args.size))}, median of {args.runs} runs after {args.warmup} warm-up runs")
     memory = {name: _memory_in_child(args, name) for name in MODELS}

@@ -44,7 +44,14 @@ class MultiHeadAttention(nn.Module):
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """Attend ``query`` (B, Lq, dim) to ``key``/``value`` (B, Lk, dim); returns (B, Lq, dim)."""
         q, k, v = self._heads(self.q_proj(query)), self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        dropout = self.dropout if self.training else 0.0
+        if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # under CPU autocast the projections come in bfloat16, whose CPU attention kernels are slower than the
+            # float32 ones (forward and backward 1.5 to 2.7 times, benchmarks/cpu_amp.py's shapes): attend in float32
+            with torch.autocast("cpu", enabled=False):
+                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
 
