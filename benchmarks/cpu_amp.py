@@ -9,8 +9,10 @@ The networks, the mask transformer's criterion and the patch and batch shapes ar
 ``num_samples`` patches of ``patch_size``, the organ localiser likewise with ``localiser#roi_size`` and its
 DiceCE loss. A step is forward (through :class:`bundle.inferers.AutocastInferer`, enabled or not), loss, backward
 and an AdamW update. The two precisions alternate step by step on the same network, so both see the same machine
-load; the median of each is reported. The last line is ``speedup_mask_transformer=X speedup_localiser=Y``
-(float32 time / bfloat16 time).
+load; the median of each is reported. A second table times the decoder's attention kernel alone (forward and
+backward of ``scaled_dot_product_attention``, float32 against bfloat16 tensors) for the queries attending to as many
+voxels as the decoder's scales hold and more: the reason the decoder attends in float32 under CPU autocast. The last
+line is ``speedup_mask_transformer=X speedup_localiser=Y`` (float32 time / bfloat16 time).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from benchmarks.speed import cpu_name  # noqa: E402
 
-__all__ = ["main", "time_steps", "training_networks"]
+__all__ = ["main", "time_attention", "time_steps", "training_networks"]
 
 
 def training_networks() -> dict[str, tuple[torch.nn.Module, object, tuple[int, ...], int, int]]:
@@ -95,6 +97,32 @@ def time_steps(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def time_attention(
+    batch: int, heads: int, queries: int, voxels: int, head_dim: int, runs: int, warmup: int
+) -> dict[str, float]:
+    """Median seconds of attention's forward and backward on float32 and on bfloat16 tensors, the two alternating."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = ((batch, heads, queries, head_dim), (batch, heads, voxels, head_dim), (batch, heads, voxels, head_dim))
+    tensors = [torch.randn(*shape, generator=gen) for shape in shapes]
+    inputs = {
+        "float32": [t.clone().requires_grad_() for t in tensors],
+        "bfloat16": [t.to(torch.bfloat16).requires_grad_() for t in tensors],
+    }
+
+    def step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> float:
+        start = time.perf_counter()
+        torch.nn.functional.scaled_dot_product_attention(q, k, v).float().sum().backward()
+        return time.perf_counter() - start
+
+    times: dict[str, list[float]] = {name: [] for name in inputs}
+    for index in range(warmup + runs):
+        for name, (q, k, v) in inputs.items():
+            seconds = step(q, k, v)
+            if index >= warmup:
+                times[name].append(seconds)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     from bundle.inferers import cpu_has_fast_bf16
@@ -122,6 +150,21 @@ def main(argv: list[str] | None = None) -> None:
         speedups.append(f"speedup_{name}={speedup:.2f}")
         shape = f"{batch} x {'x'.join(map(str, patch))}"
         lines.append(f"{name:<18}{shape:>18}{seconds['float32']:>11.3f}{seconds['bfloat16']:>12.3f}{speedup:>9.2f}")
+    networks = training_networks()
+    decoder = networks["mask_transformer"][0].decoder
+    heads = decoder.layers[0].cross_attn.num_heads
+    head_dim = decoder.layers[0].cross_attn.head_dim
+    batch = networks["mask_transformer"][3]
+    queries = networks["mask_transformer"][0].num_queries
+    lines.append(
+        f"# attention alone (forward and backward), {batch} x {heads} heads x {queries} queries of {head_dim}; "
+        f"median of {args.runs} after {args.warmup}"
+    )
+    lines.append(f"{'voxels attended':<18}{'':>18}{'float32_s':>11}{'bfloat16_s':>12}{'speedup':>9}")
+    for voxels in (64, 256, 2048, 16384):
+        seconds = time_attention(batch, heads, queries, voxels, head_dim, args.runs, args.warmup)
+        speedup = seconds["float32"] / seconds["bfloat16"]
+        lines.append(f"{voxels:<18}{'':>18}{seconds['float32']:>11.4f}{seconds['bfloat16']:>12.4f}{speedup:>9.2f}")
     lines.append(" ".join(speedups))
     text = "\n".join(lines)
     print(text)

@@ -10,7 +10,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.inferers import SimpleInferer
 
-from benchmarks.cpu_amp import time_steps, training_networks
+from benchmarks.cpu_amp import time_attention, time_steps, training_networks
 from bundle.configs import config_files
 from bundle.inferers import AutocastInferer, cpu_has_fast_bf16, outputs_to_float32
 
@@ -137,3 +137,5 @@ def test_the_speed_benchmark_times_both_precisions_of_the_configured_networks():
     network, loss, _, _, num_labels = networks["localiser"]
     seconds = time_steps(network, loss, (16, 16, 8), 1, num_labels, runs=1, warmup=0)
     assert set(seconds) == {"float32", "bfloat16"} and all(value > 0 for value in seconds.values())
+    attention = time_attention(1, 4, 16, 64, 8, runs=1, warmup=0)
+    assert set(attention) == {"float32", "bfloat16"} and all(value > 0 for value in attention.values())

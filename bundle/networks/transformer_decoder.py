@@ -46,8 +46,8 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self._heads(self.q_proj(query)), self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
         dropout = self.dropout if self.training else 0.0
         if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # under CPU autocast the projections come in bfloat16, whose CPU attention kernels are slower than the
-            # float32 ones (forward and backward 1.5 to 2.7 times, benchmarks/cpu_amp.py's shapes): attend in float32
+            # under CPU autocast the projections come in bfloat16, and the CPU's bfloat16 attention kernels are
+            # slower than its float32 ones at these sizes (benchmarks/cpu_amp.py times both): attend in float32
             with torch.autocast("cpu", enabled=False):
                 out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout)
         else:
