@@ -22,6 +22,8 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,13 +34,12 @@ if str(REPO_ROOT) not in sys.path:
 
 from benchmarks.speed import cpu_name  # noqa: E402
 
-__all__ = ["main", "time_attention", "time_steps", "training_networks"]
+__all__ = ["alternating_medians", "main", "time_attention", "time_steps", "training_networks"]
 
 
 def training_networks() -> dict[str, tuple[torch.nn.Module, object, tuple[int, ...], int, int]]:
     """``name -> (network, loss, patch size, patches per step, label classes)`` from the bundle's training configs."""
     from monai.bundle import ConfigParser
-    from monai.losses import DiceCELoss
 
     from bundle.configs import config_files
 
@@ -49,23 +50,33 @@ def training_networks() -> dict[str, tuple[torch.nn.Module, object, tuple[int, .
     parser["class_names"] = {0: "background", 1: "organ", 2: "tumour_a", 3: "tumour_b"}
     transformer_batch = parser.get_parsed_content("train#dataloader#batch_size") * 2
     localiser_batch = parser.get_parsed_content("localiser_train#train#dataloader#batch_size") * 2
-    localiser_loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     return {
         "mask_transformer": (
             parser.get_parsed_content("network_def"),
             parser.get_parsed_content("loss"),
             tuple(parser.get_parsed_content("patch_size")),
             transformer_batch,
-            4,
+            parser.get_parsed_content("num_classes"),
         ),
         "localiser": (
             parser.get_parsed_content("localiser#network_def"),
-            localiser_loss,
+            parser.get_parsed_content("localiser_train#trainer#loss_function"),
             tuple(parser.get_parsed_content("localiser#roi_size")),
             localiser_batch,
             parser.get_parsed_content("localiser#network_def#out_channels"),
         ),
     }
+
+
+def alternating_medians(steps: dict[str, Callable[[], float]], runs: int, warmup: int) -> dict[str, float]:
+    """Median of each step's seconds over ``runs`` rounds after ``warmup``, the steps alternating within a round."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for index in range(warmup + runs):
+        for name, step in steps.items():
+            seconds = step()
+            if index >= warmup:
+                times[name].append(seconds)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def time_steps(
@@ -88,13 +99,7 @@ def time_steps(
         optimizer.step()
         return time.perf_counter() - start
 
-    times: dict[str, list[float]] = {name: [] for name in inferers}
-    for index in range(warmup + runs):
-        for name, inferer in inferers.items():
-            seconds = step(inferer)
-            if index >= warmup:
-                times[name].append(seconds)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return alternating_medians({name: partial(step, inferer) for name, inferer in inferers.items()}, runs, warmup)
 
 
 def time_attention(
@@ -114,13 +119,7 @@ def time_attention(
         torch.nn.functional.scaled_dot_product_attention(q, k, v).float().sum().backward()
         return time.perf_counter() - start
 
-    times: dict[str, list[float]] = {name: [] for name in inputs}
-    for index in range(warmup + runs):
-        for name, (q, k, v) in inputs.items():
-            seconds = step(q, k, v)
-            if index >= warmup:
-                times[name].append(seconds)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return alternating_medians({name: partial(step, *tensors) for name, tensors in inputs.items()}, runs, warmup)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,13 +143,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{'network':<18}{'batch x patch':>18}{'float32_s':>11}{'bfloat16_s':>12}{'speedup':>9}",
     ]
     speedups = []
-    for name, (network, loss_fn, patch, batch, num_labels) in training_networks().items():
+    networks = training_networks()
+    for name, (network, loss_fn, patch, batch, num_labels) in networks.items():
         seconds = time_steps(network, loss_fn, patch, batch, num_labels, args.runs, args.warmup)
         speedup = seconds["float32"] / seconds["bfloat16"]
         speedups.append(f"speedup_{name}={speedup:.2f}")
         shape = f"{batch} x {'x'.join(map(str, patch))}"
         lines.append(f"{name:<18}{shape:>18}{seconds['float32']:>11.3f}{seconds['bfloat16']:>12.3f}{speedup:>9.2f}")
-    networks = training_networks()
     decoder = networks["mask_transformer"][0].decoder
     heads = decoder.layers[0].cross_attn.num_heads
     head_dim = decoder.layers[0].cross_attn.head_dim
