@@ -48,8 +48,14 @@ def training_networks() -> dict[str, tuple[torch.nn.Module, object, tuple[int, .
     parser["device"] = "$torch.device('cpu')"
     # the dataset is only needed for the class names: read them without generating or checking a dataset
     parser["class_names"] = {0: "background", 1: "organ", 2: "tumour_a", 3: "tumour_b"}
-    transformer_batch = parser.get_parsed_content("train#dataloader#batch_size") * 2
-    localiser_batch = parser.get_parsed_content("localiser_train#train#dataloader#batch_size") * 2
+
+    def patches_per_step(section: str, dataloader: str) -> int:
+        # a step sees batch_size cases times the patches the section's crop transform draws from each
+        cases = parser.get_parsed_content(f"{dataloader}#batch_size")
+        return cases * parser.get_parsed_content(f"{section}#random_transforms#0#num_samples")
+
+    transformer_batch = patches_per_step("train", "train#dataloader")
+    localiser_batch = patches_per_step("localiser_train", "localiser_train#train#dataloader")
     return {
         "mask_transformer": (
             parser.get_parsed_content("network_def"),

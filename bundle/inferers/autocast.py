@@ -2,8 +2,8 @@
 
 MONAI's engines autocast only on CUDA (``amp=True`` uses ``torch.autocast("cuda")`` and a gradient scaler). On a CPU
 with native bfloat16 arithmetic (AMX tiles or AVX-512 BF16), running the network's convolutions and matrix products in
-bfloat16 shortens a training step of the bundle's mask transformer by about 30 % and one of the organ localiser by
-more than half (``benchmarks/cpu_amp.py``). bfloat16 keeps float32's exponent range, so no gradient scaler is
+bfloat16 shortens a training step of the bundle's mask transformer by about a third and one of the organ localiser
+by more than half (``benchmarks/cpu_amp.py``). bfloat16 keeps float32's exponent range, so no gradient scaler is
 needed; the loss is computed in float32 on the outputs this inferer returns.
 """
 
