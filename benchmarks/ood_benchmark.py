@@ -66,6 +66,7 @@ from benchmarks.concurrent_runs import PROBE_EPOCHS, fit_epochs, run_concurrentl
 from bundle.configs import config_files, flatten_configs  # noqa: E402
 from bundle.data import ensure_dataset, load_datalist, ood_label_values  # noqa: E402
 from bundle.handlers import ROI_VOXEL_KEYS  # noqa: E402
+from bundle.metrics import LEAD_METRICS, REFERENCE_SCORE, evaluation_intervals, format_lead  # noqa: E402
 from bundle.ood import CLASS_CENTRED_SCORE  # noqa: E402
 from bundle.scripts.pipeline import parse_overrides  # noqa: E402
 
@@ -250,59 +251,9 @@ def best_baseline(results: dict) -> dict[str, float]:
 
 
 def bootstrap_intervals(work: Path, name: str, num_replicates: int = 1000, seed: int = SEED) -> dict:
-    """Case-bootstrap 95% intervals of every metric of an evaluated variant.
-
-    Reads ``work/name/evaluation/per_case.csv`` (case scores and Dice) and ``roi_scores.npz`` (pooled ROI voxel
-    scores) and resamples cases within ``test`` and ``test_ood`` (:func:`bundle.metrics.bootstrap_evaluation`).
-    An evaluation whose ``roi_scores.npz`` lacks ``case_index`` gets case-level and Dice intervals only.
-
-    Returns:
-        ``{"pixel_ood": {method: {"auroc", "aupr", "fpr95"}}, "case_ood": {method: {"auroc"}}, "dice": {class},
-        "bootstrap": settings}``, each leaf ``{"value", "low", "high", "replicates"}``.
-    """
-    import csv
-
-    from bundle.metrics.bootstrap import bootstrap_evaluation
-
-    evaluation = work / name / "evaluation"
-    with (evaluation / "per_case.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        raise ValueError(f"{evaluation / 'per_case.csv'} lists no case.")
-    pixel: dict = {}
-    scores_path = evaluation / "roi_scores.npz"
-    if scores_path.is_file():
-        with np.load(scores_path) as roi:
-            if "case_index" in roi.files:
-                # the voxels number the cases in evaluation order, the table sorts them by group and name
-                by_case = {(row["case"], row["group"]): row for row in rows}
-                order = list(zip(roi["case_names"].tolist(), roi["case_groups"].tolist(), strict=True))
-                missing = [key for key in order if key not in by_case]
-                if missing or len(order) != len(rows):
-                    raise ValueError(f"{scores_path} and per_case.csv list different cases (e.g. {missing[:3]}).")
-                rows = [by_case[key] for key in order]
-                pixel = {
-                    "roi_scores": {m: roi[m] for m in roi.files if m not in ROI_VOXEL_KEYS},
-                    "is_ood": roi["is_ood"],
-                    "case_index": roi["case_index"],
-                }
-
-    def columns(prefix: str) -> dict[str, np.ndarray]:
-        # OOD cases have no Dice: an empty cell
-        return {
-            key[len(prefix) :]: np.array([float(row[key]) if row[key] else np.nan for row in rows])
-            for key in rows[0]
-            if key.startswith(prefix)
-        }
-
-    return bootstrap_evaluation(
-        [row["group"] for row in rows],
-        case_scores=columns("score_"),
-        dice=columns("dice_"),
-        num_replicates=num_replicates,
-        seed=seed,
-        **pixel,
-    )
+    """Case-bootstrap 95% intervals of every metric of an evaluated variant (``work/name/evaluation``), with
+    MaxQuery's lead over every other score of the variant where it has MaxQuery (:func:`evaluation_intervals`)."""
+    return evaluation_intervals(work / name / "evaluation", REFERENCE_SCORE, num_replicates, seed)
 
 
 def with_interval(value: float, interval: dict | None) -> str:
@@ -363,12 +314,35 @@ def markdown(report: dict) -> str:
         "\nnear-OOD AUROC: the pixel AUROC of the OOD-lesion voxels against the inlier tumour voxels alone (is an "
         "unseen type told apart from the known ones?), without an interval."
     )
+    lines.extend(lead_table(report))
     lines.extend(by_ood_type_table(report))
     lines.extend(by_ood_size_table(report))
     lines.append("\nTargets for c with MaxQuery (met?):")
     for key, (value, met) in report["targets"].items():
         lines.append(f"- {key}: {value:.3f} ({'yes' if met else 'no'})")
     return "\n".join(lines) + "\n"
+
+
+def lead_table(report: dict) -> list[str]:
+    """Markdown lines: the paired lead of MaxQuery over every other score of the same model (``intervals["lead"]``
+    of :func:`evaluation_intervals`); empty if no model has one."""
+    rows = []
+    for name, result in report["models"].items():
+        lead = (result.get("intervals") or {}).get("lead")
+        for method, metrics in (lead or {}).get("over", {}).items():
+            cells = [format_lead(metrics[key]) if key in metrics else "-" for key in LEAD_METRICS]
+            rows.append(f"| {name} | {lead['reference']} over {method} | {' | '.join(cells)} |")
+    if not rows:
+        return []
+    return [
+        "\nMaxQuery's lead over every other score of the same model, paired: each metric's difference on the same "
+        "bootstrap replicates (positive: MaxQuery better; for FPR95 the other's minus MaxQuery's), its 95% interval "
+        "and the share of replicates in which MaxQuery is ahead. An interval that holds 0 means the cases do not "
+        "tell the two scores apart.\n",
+        "| model | lead | pixel AUROC | AUPR | FPR95 | case AUROC |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *rows,
+    ]
 
 
 def by_ood_type_table(report: dict) -> list[str]:

@@ -20,6 +20,7 @@ from bundle.metrics import (
     bootstrap_pixel_metrics,
     case_weights,
     fpr_at_tpr,
+    lead_interval,
 )
 
 
@@ -119,6 +120,58 @@ def test_evaluation_intervals_are_deterministic():
     assert first["bootstrap"]["num_cases"] == {"test": 8, "test_ood": 8}
 
 
+def test_lead_is_the_paired_difference_and_resolves_a_real_gap_but_not_a_copy():
+    scores, is_ood, case_index, groups = synthetic(40, seed=3)
+    rng = np.random.default_rng(4)
+    weaker = scores - 0.8 * is_ood + rng.normal(0.0, 0.3, scores.size).astype(np.float32)  # OOD voxels pulled down
+    twin = scores + rng.normal(0.0, 0.05, scores.size).astype(np.float32)  # the same score up to small noise
+
+    def per_case(s):
+        return np.array([s[case_index == c].max() for c in range(40)])
+
+    roi = {"ref": scores, "weaker": weaker, "twin": twin}
+    out = bootstrap_evaluation(
+        groups,
+        roi_scores=roi,
+        is_ood=is_ood,
+        case_index=case_index,
+        case_scores={name: per_case(s) for name, s in roi.items()},
+        num_replicates=400,
+        reference="ref",
+    )
+    assert out["lead"]["reference"] == "ref" and set(out["lead"]["over"]) == {"weaker", "twin"}
+    gap, copy = out["lead"]["over"]["weaker"], out["lead"]["over"]["twin"]
+    assert set(gap) == {"auroc", "aupr", "fpr95", "case_auroc"}
+    for key in ("auroc", "aupr"):
+        assert gap[key]["value"] == pytest.approx(
+            out["pixel_ood"]["ref"][key]["value"] - out["pixel_ood"]["weaker"][key]["value"]
+        )
+    # lower FPR95 is better: the lead is the other's FPR95 minus the reference's
+    assert gap["fpr95"]["value"] == pytest.approx(
+        out["pixel_ood"]["weaker"]["fpr95"]["value"] - out["pixel_ood"]["ref"]["fpr95"]["value"]
+    )
+    assert gap["auroc"]["low"] > 0 and gap["auroc"]["share_ahead"] == 1.0
+    # a near copy is not resolved: its paired interval straddles 0 and is far narrower than either unpaired one
+    assert copy["auroc"]["low"] < 0 < copy["auroc"]["high"]
+    unpaired = out["pixel_ood"]["ref"]["auroc"]["high"] - out["pixel_ood"]["ref"]["auroc"]["low"]
+    assert copy["auroc"]["high"] - copy["auroc"]["low"] < 0.25 * unpaired
+    assert 0.0 < copy["auroc"]["share_ahead"] < 1.0
+
+
+def test_lead_interval_signs_and_a_missing_reference():
+    ref, other = np.array([0.9, 0.8, np.nan, 0.85]), np.array([0.8, 0.85, 0.7, 0.8])
+    higher = lead_interval(ref, other, 0.86, 0.82, confidence=0.5)
+    assert higher["value"] == pytest.approx(0.04) and higher["replicates"] == 3
+    assert higher["share_ahead"] == pytest.approx(2 / 3)
+    lower = lead_interval(ref, other, 0.86, 0.82, lower_is_better=True, confidence=0.5)
+    assert lower["value"] == pytest.approx(-0.04) and lower["share_ahead"] == pytest.approx(1 / 3)
+    scores, is_ood, case_index, groups = synthetic(8)
+    with pytest.raises(ValueError, match="reference 'maxquery'"):
+        bootstrap_evaluation(
+            groups, roi_scores={"a": scores}, is_ood=is_ood, case_index=case_index, reference="maxquery"
+        )
+
+
 def _case(name: str, ood: bool, anomaly_on_lesion: float) -> tuple[dict, dict]:
     """An 8^3 case with an organ block and a lesion (inlier tumour 2 or OOD value 4) segmented as a tumour."""
     label = torch.zeros(1, 8, 8, 8)
@@ -163,5 +216,20 @@ def test_saved_case_index_feeds_the_benchmark_intervals_and_report(tmp_path):
     low, high = intervals["pixel_ood"]["maxquery"]["auroc"]["low"], intervals["pixel_ood"]["maxquery"]["auroc"]["high"]
     assert f"| c | maxquery | {maxquery['auroc']:.3f} [{low:.3f}, {high:.3f}] |" in text
     assert "percentile intervals of a bootstrap over cases (100 replicates" in text
+    # MaxQuery's paired lead over each other score: its difference, in the report's lead table
+    lead = intervals["lead"]["over"]["max_logit"]["auroc"]
+    assert intervals["lead"]["reference"] == "maxquery" and "maxquery" not in intervals["lead"]["over"]
+    pair = intervals["pixel_ood"]["maxquery"]["auroc"]["value"] - intervals["pixel_ood"]["max_logit"]["auroc"]["value"]
+    assert lead["value"] == pytest.approx(pair)
+    assert f"| c | maxquery over max_logit | {lead['value']:+.3f} [{lead['low']:+.3f}, {lead['high']:+.3f}]" in text
     plain = markdown({**report, "models": {"c": {"metrics": metrics, "timings": {}}}})
-    assert "[" not in plain.split("Settings")[1] and "bootstrap" not in plain
+    assert "[" not in plain.split("Settings")[1] and "bootstrap" not in plain and "lead" not in plain
+
+    from benchmarks.score_lead import main as score_lead
+
+    out = tmp_path / "lead.json"
+    saved_lead = score_lead([str(evaluation), "--num_replicates", "100", "--out", str(out)])
+    assert saved_lead[str(evaluation)]["lead"] == intervals["lead"]
+    assert json.loads(out.read_text())[str(evaluation)]["lead"]["over"]["max_logit"]["auroc"] == lead
+    with pytest.raises(SystemExit):
+        score_lead([str(tmp_path)])  # no per_case.csv there

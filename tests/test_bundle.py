@@ -499,6 +499,9 @@ def test_pipeline_trains_evaluates_and_prints_the_table(dataset, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "pixel AUROC" in printed and "maxquery" in printed and "Dice (inlier test cases)" in printed
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_cases"]["test_ood"] == 2
+    lead = json.loads((tmp_path / "eval" / "lead.json").read_text())["lead"]
+    assert lead["reference"] == "maxquery" and set(lead["over"]) >= {"max_logit", "energy", "msp", "entropy", "rba"}
+    assert "maxquery over max_logit" in printed and "paired case bootstrap" in printed
     timings = json.loads((tmp_path / "eval" / "timings.json").read_text())["seconds"]
     assert "refinement" in timings and "mask_transformer" in timings
 

@@ -55,6 +55,8 @@ def test_refinement_follows_the_training_with_its_own_config_and_epochs(recorded
     assert all("refine_epochs" not in by_stage[stage] for stage in ("localiser", "mask_transformer", "calibration"))
     timings = json.loads((tmp_path / "eval" / "timings.json").read_text())["seconds"]
     assert list(timings) == ["dataset", *names, "evaluation", "total"]
+    # the evaluation keeps its voxel scores, for MaxQuery's paired lead over the other scores
+    assert recorded_runs[-1]["save_scores"] is True
 
 
 def test_a_validation_interval_given_by_the_user_is_kept(recorded_runs, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .bootstrap import (
+    LEAD_METRICS,
     ScoreHistograms,
     bootstrap_case_auroc,
     bootstrap_evaluation,
@@ -10,6 +11,7 @@ from .bootstrap import (
     bootstrap_pixel_metrics,
     case_weights,
     histogram_metrics,
+    lead_interval,
     percentile_interval,
 )
 from .ood import (
@@ -24,8 +26,11 @@ from .ood import (
     roi_mask,
     size_bins,
 )
+from .saved_evaluation import REFERENCE_SCORE, evaluation_intervals, format_lead, format_lead_table
 
 __all__ = [
+    "LEAD_METRICS",
+    "REFERENCE_SCORE",
     "ScoreHistograms",
     "ball",
     "bootstrap_case_auroc",
@@ -37,8 +42,12 @@ __all__ = [
     "case_ood_metrics",
     "case_weights",
     "check_size_edges",
+    "evaluation_intervals",
+    "format_lead",
+    "format_lead_table",
     "fpr_at_tpr",
     "histogram_metrics",
+    "lead_interval",
     "ood_mask",
     "percentile_interval",
     "pixel_ood_metrics",

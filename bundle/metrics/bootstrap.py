@@ -25,6 +25,10 @@ treated as tied.
   about 0.001 of the exact values on evaluation-sized data.
 
 The case-level AUROC (few cases) and the mean Dice are computed exactly on every replicate.
+
+Because every score of an evaluation is resampled on the same replicates, the difference of two scores' metrics on
+each replicate gives a paired interval of one score's lead over another (:func:`bootstrap_evaluation` with
+``reference``): whether "ahead of the baseline" is a property of the model or of the cases drawn.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 __all__ = [
+    "LEAD_METRICS",
     "ScoreHistograms",
     "bootstrap_case_auroc",
     "bootstrap_evaluation",
@@ -42,10 +47,13 @@ __all__ = [
     "bootstrap_pixel_metrics",
     "case_weights",
     "histogram_metrics",
+    "lead_interval",
     "percentile_interval",
 ]
 
 PIXEL_METRICS = ("auroc", "aupr", "fpr95")
+LEAD_METRICS = PIXEL_METRICS + ("case_auroc",)
+"""The metrics of a lead (:func:`bootstrap_evaluation` with ``reference``); for ``fpr95`` lower is better."""
 # replicates per matrix product: bounds the (replicates x bins) working arrays to a few tens of MB
 _CHUNK = 256
 
@@ -96,6 +104,36 @@ def percentile_interval(replicates: np.ndarray, value: float, confidence: float 
     tail = 100.0 * (1.0 - confidence) / 2.0
     low, high = np.percentile(finite, [tail, 100.0 - tail])
     return {"value": float(value), "low": float(low), "high": float(high), "replicates": int(finite.size)}
+
+
+def lead_interval(
+    reference: np.ndarray,
+    other: np.ndarray,
+    reference_value: float,
+    other_value: float,
+    lower_is_better: bool = False,
+    confidence: float = 0.95,
+) -> dict[str, float | int]:
+    """Paired interval of the lead of one score over another: the difference of their metric on the same replicates.
+
+    Args:
+        reference: the reference score's metric on each replicate.
+        other: the other score's metric on the same replicates.
+        reference_value: the reference's point estimate.
+        other_value: the other's point estimate.
+        lower_is_better: the metric improves downwards (FPR95): the lead is ``other - reference``.
+        confidence: coverage of the interval.
+
+    Returns:
+        a :func:`percentile_interval` dict of the lead (positive: the reference is better), with ``"share_ahead"``:
+        the share of the defined replicates in which the reference is strictly better.
+    """
+    sign = -1.0 if lower_is_better else 1.0
+    draws = sign * (np.asarray(reference, dtype=np.float64) - np.asarray(other, dtype=np.float64))
+    interval = percentile_interval(draws, sign * (reference_value - other_value), confidence)
+    defined = draws[~np.isnan(draws)]
+    interval["share_ahead"] = float(np.mean(defined > 0)) if defined.size else math.nan
+    return interval
 
 
 def histogram_metrics(positives: np.ndarray, negatives: np.ndarray, tpr_level: float = 0.95) -> dict[str, np.ndarray]:
@@ -249,6 +287,10 @@ def bootstrap_pixel_metrics(
         labels = np.zeros(histograms.num_cases) if groups is None else groups
         weights = case_weights(labels, num_replicates, seed)
     point, replicates = histograms.metrics(), histograms.metrics(weights)
+    return _pixel_intervals(point, replicates, confidence)
+
+
+def _pixel_intervals(point: dict, replicates: dict, confidence: float) -> dict[str, dict[str, float | int]]:
     return {key: percentile_interval(replicates[key], point[key], confidence) for key in PIXEL_METRICS}
 
 
@@ -282,16 +324,21 @@ def bootstrap_case_auroc(
     Returns:
         a :func:`percentile_interval` dict.
     """
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
     y = np.asarray(is_ood).astype(bool).reshape(-1)
-    if s.shape != y.shape:
-        raise ValueError(f"scores ({s.size}) and is_ood ({y.size}) must match.")
-    if np.isnan(s).any():
-        raise ValueError("case scores contain NaN.")
     if weights is None:
         weights = case_weights(y, num_replicates, seed)
-    point = _case_auroc(s, y, np.ones((1, s.size)))[0]
-    return percentile_interval(_case_auroc(s, y, np.asarray(weights, dtype=np.float64)), point, confidence)
+    point, replicates = _case_auroc_draws(scores, y, weights)
+    return percentile_interval(replicates, point, confidence)
+
+
+def _case_auroc_draws(scores: Sequence[float] | np.ndarray, is_ood: np.ndarray, weights: np.ndarray) -> tuple:
+    """The case AUROC of ``scores`` and its value on each replicate of ``weights``, after checking the scores."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if s.shape != is_ood.shape:
+        raise ValueError(f"scores ({s.size}) and is_ood ({is_ood.size}) must match.")
+    if np.isnan(s).any():
+        raise ValueError("case scores contain NaN.")
+    return _case_auroc(s, is_ood, np.ones((1, s.size)))[0], _case_auroc(s, is_ood, np.asarray(weights, np.float64))
 
 
 def bootstrap_mean(
@@ -337,6 +384,7 @@ def bootstrap_evaluation(
     seed: int = 0,
     confidence: float = 0.95,
     num_bins: int = 4096,
+    reference: str | None = None,
 ) -> dict:
     """Intervals of every metric of one evaluation, all from the same case replicates.
 
@@ -352,28 +400,50 @@ def bootstrap_evaluation(
         seed: random seed.
         confidence: coverage of the intervals.
         num_bins: most score bins of the pixel metrics.
+        reference: a method whose lead over every other method is wanted (e.g. ``"maxquery"``); ``None``: none.
 
     Returns:
         ``{"pixel_ood": {method: {"auroc", "aupr", "fpr95"}}, "case_ood": {method: {"auroc"}}, "dice": {class},
-        "bootstrap": settings}`` with :func:`percentile_interval` dicts as leaves, keyed like ``metrics.json``.
+        "bootstrap": settings}`` with :func:`percentile_interval` dicts as leaves, keyed like ``metrics.json``. With
+        ``reference``, also ``"lead": {"reference": name, "over": {method: {metric: interval}}}``: for every other
+        method the :func:`lead_interval` of the reference on each of :data:`LEAD_METRICS` that both have.
     """
     groups = np.asarray(case_groups).astype(str)
     weights = case_weights(groups, num_replicates, seed)
     out: dict = {"pixel_ood": {}, "case_ood": {}, "dice": {}}
+    # method -> metric -> (point estimate, replicates), for the leads
+    draws: dict[str, dict[str, tuple[float, np.ndarray]]] = {}
     if roi_scores:
         if is_ood is None or case_index is None:
             raise ValueError("pixel intervals need is_ood and case_index with roi_scores.")
         for method, scores in roi_scores.items():
-            out["pixel_ood"][method] = bootstrap_pixel_metrics(
-                scores, is_ood, case_index, groups, confidence=confidence, num_bins=num_bins, weights=weights
-            )
+            histograms = ScoreHistograms(scores, is_ood, case_index, num_cases=len(groups), num_bins=num_bins)
+            point, replicates = histograms.metrics(), histograms.metrics(weights)
+            out["pixel_ood"][method] = _pixel_intervals(point, replicates, confidence)
+            draws[method] = {key: (point[key], replicates[key]) for key in PIXEL_METRICS}
     ood_case = groups == "test_ood"
     if ood_case.any() and (~ood_case).any():
         for method, scores in (case_scores or {}).items():
-            interval = bootstrap_case_auroc(scores, ood_case, confidence=confidence, weights=weights)
-            out["case_ood"][method] = {"auroc": interval}
+            point, replicates = _case_auroc_draws(scores, ood_case, weights)
+            out["case_ood"][method] = {"auroc": percentile_interval(replicates, point, confidence)}
+            draws.setdefault(method, {})["case_auroc"] = (point, replicates)
     for name, values in (dice or {}).items():
         out["dice"][name] = bootstrap_mean(values, confidence=confidence, weights=weights)
+    if reference is not None:
+        if reference not in draws:
+            raise ValueError(f"reference {reference!r} is none of the evaluated methods {sorted(draws)}.")
+        mine = draws[reference]
+        out["lead"] = {"reference": reference, "over": {}}
+        for method, theirs in draws.items():
+            if method == reference:
+                continue
+            out["lead"]["over"][method] = {
+                key: lead_interval(
+                    mine[key][1], theirs[key][1], mine[key][0], theirs[key][0], key == "fpr95", confidence
+                )
+                for key in LEAD_METRICS
+                if key in mine and key in theirs
+            }
     out["bootstrap"] = {
         "method": "percentile interval; cases resampled with replacement within test and test_ood",
         "num_replicates": num_replicates,

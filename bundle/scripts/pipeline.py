@@ -18,7 +18,10 @@ Run from the bundle root::
     python -m bundle.scripts.pipeline
 
 Everything goes into a run folder (``--run_dir``, default ``runs/pipeline``): ``models/`` (checkpoints and
-calibration) and ``eval/`` (logs, ``metrics.json``, ``per_case.csv``). The shipped ``models/`` is left alone unless
+calibration) and ``eval/`` (logs, ``metrics.json``, ``per_case.csv``, the pooled voxel scores ``roi_scores.npz`` and
+``lead.json``). After the table the job prints MaxQuery's lead over every other score of its own model, each with a
+paired case-bootstrap interval (:func:`bundle.metrics.evaluation_intervals`): whether MaxQuery is ahead on these
+cases, or only on the cases the split happened to draw. The shipped ``models/`` is left alone unless
 ``--ckpt_dir models`` asks for it. Every step is a plain ``monai.bundle run`` of the configs, so each can also be
 run on its own; options are passed on as config overrides (``--dataset_dir``, ``--max_epochs``, ``--ckpt_dir``,
 ``--output_dir``, ``--device``), and any other ``--ID VALUE`` pair is a config override as in ``monai.bundle run``
@@ -43,6 +46,7 @@ from monai.bundle import run
 from bundle.configs import config_files
 from bundle.data.files import atomic_write_text
 from bundle.handlers.evaluation import format_metrics_table
+from bundle.metrics import evaluation_intervals, format_lead_table
 
 __all__ = ["STAGES", "Stage", "main", "parse_overrides", "run_pipeline"]
 
@@ -134,7 +138,12 @@ def run_pipeline(
         run(config_file=config_files(*stage.configs, root=root), **common, **stage_overrides, run=list(stage.steps))
         timings[stage.name] = time.perf_counter() - begin
     begin = time.perf_counter()
-    run(config_file=config_files("train.json", "evaluate.json", root=root), **common, **overrides)
+    run(
+        config_file=config_files("train.json", "evaluate.json", root=root),
+        **common,
+        **{"save_scores": True, **overrides},
+    )
+    lead = _maxquery_lead(out)
     timings["evaluation"] = time.perf_counter() - begin
     timings["total"] = time.perf_counter() - start
 
@@ -142,9 +151,25 @@ def run_pipeline(
     machine = f"{'cuda' if torch.cuda.is_available() else 'cpu'}, {os.cpu_count()} CPU cores"
     atomic_write_text(out / "timings.json", json.dumps({"seconds": timings, "machine": machine}, indent=2) + "\n")
     print(format_metrics_table(metrics))
+    if lead is not None:
+        print(f"\nMaxQuery's lead over each score of its own model (paired case bootstrap, {out / 'lead.json'}):")
+        print(format_lead_table(lead))
     print("time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f" ({machine})")
     print(f"checkpoints in {ckpt}, metrics in {out / 'metrics.json'}")
     return metrics
+
+
+def _maxquery_lead(evaluation: Path) -> dict | None:
+    """MaxQuery's paired lead over every other score of the evaluation in ``evaluation`` (written to ``lead.json``
+    there), or ``None`` where it saved no voxel scores (``--save_scores False``) or has no MaxQuery."""
+    if not (evaluation / "roi_scores.npz").is_file():
+        return None
+    intervals = evaluation_intervals(evaluation)
+    if "lead" not in intervals:
+        return None
+    saved = {"lead": intervals["lead"], "bootstrap": intervals["bootstrap"]}
+    atomic_write_text(evaluation / "lead.json", json.dumps(saved, indent=2) + "\n")
+    return intervals["lead"]
 
 
 def _device(name: str) -> torch.device:
