@@ -66,7 +66,7 @@ from benchmarks.concurrent_runs import PROBE_EPOCHS, fit_epochs, run_concurrentl
 from bundle.configs import config_files, flatten_configs  # noqa: E402
 from bundle.data import ensure_dataset, load_datalist, ood_label_values  # noqa: E402
 from bundle.handlers import ROI_VOXEL_KEYS  # noqa: E402
-from bundle.metrics import LEAD_METRICS, REFERENCE_SCORE, evaluation_intervals, format_lead  # noqa: E402
+from bundle.metrics import REFERENCE_SCORE, evaluation_intervals, lead_table_header, lead_table_rows  # noqa: E402
 from bundle.ood import CLASS_CENTRED_SCORE  # noqa: E402
 from bundle.scripts.pipeline import parse_overrides  # noqa: E402
 
@@ -329,9 +329,8 @@ def lead_table(report: dict) -> list[str]:
     rows = []
     for name, result in report["models"].items():
         lead = (result.get("intervals") or {}).get("lead")
-        for method, metrics in (lead or {}).get("over", {}).items():
-            cells = [format_lead(metrics[key]) if key in metrics else "-" for key in LEAD_METRICS]
-            rows.append(f"| {name} | {lead['reference']} over {method} | {' | '.join(cells)} |")
+        if lead:
+            rows += lead_table_rows(lead, [name])
     if not rows:
         return []
     return [
@@ -339,8 +338,7 @@ def lead_table(report: dict) -> list[str]:
         "bootstrap replicates (positive: MaxQuery better; for FPR95 the other's minus MaxQuery's), its 95% interval "
         "and the share of replicates in which MaxQuery is ahead. An interval that holds 0 means the cases do not "
         "tell the two scores apart.\n",
-        "| model | lead | pixel AUROC | AUPR | FPR95 | case AUROC |",
-        "| --- | --- | --- | --- | --- | --- |",
+        *lead_table_header(["model"]),
         *rows,
     ]
 

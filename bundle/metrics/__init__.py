@@ -26,7 +26,14 @@ from .ood import (
     roi_mask,
     size_bins,
 )
-from .saved_evaluation import REFERENCE_SCORE, evaluation_intervals, format_lead, format_lead_table
+from .saved_evaluation import (
+    REFERENCE_SCORE,
+    evaluation_intervals,
+    format_lead,
+    format_lead_table,
+    lead_table_header,
+    lead_table_rows,
+)
 
 __all__ = [
     "LEAD_METRICS",
@@ -48,6 +55,8 @@ __all__ = [
     "fpr_at_tpr",
     "histogram_metrics",
     "lead_interval",
+    "lead_table_header",
+    "lead_table_rows",
     "ood_mask",
     "percentile_interval",
     "pixel_ood_metrics",

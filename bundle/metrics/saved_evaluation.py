@@ -10,13 +10,21 @@ score, MaxQuery by default, over every other score of the same model.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .bootstrap import LEAD_METRICS, bootstrap_evaluation
 
-__all__ = ["REFERENCE_SCORE", "evaluation_intervals", "format_lead", "format_lead_table"]
+__all__ = [
+    "REFERENCE_SCORE",
+    "evaluation_intervals",
+    "format_lead",
+    "format_lead_table",
+    "lead_table_header",
+    "lead_table_rows",
+]
 
 REFERENCE_SCORE = "maxquery"
 """The score whose paired lead over every other score of its model is reported."""
@@ -109,11 +117,20 @@ def format_lead(interval: dict) -> str:
 
 def format_lead_table(lead: dict) -> str:
     """A markdown table of a ``"lead"`` dict: one row per other score, one column per metric of the lead."""
-    lines = [
-        "| lead | " + " | ".join(_LEAD_HEADERS[key] for key in LEAD_METRICS) + " |",
-        "| --- " * (len(LEAD_METRICS) + 1) + "|",
-    ]
+    return "\n".join(lead_table_header() + lead_table_rows(lead))
+
+
+def lead_table_header(leading: Sequence[str] = ()) -> list[str]:
+    """The two header lines of a lead table whose rows start with the cells ``leading`` (e.g. a model column)."""
+    headers = [*leading, "lead", *(_LEAD_HEADERS[key] for key in LEAD_METRICS)]
+    return ["| " + " | ".join(headers) + " |", "| --- " * len(headers) + "|"]
+
+
+def lead_table_rows(lead: dict, leading: Sequence[str] = ()) -> list[str]:
+    """The rows of a lead table of a ``"lead"`` dict, one per other score, each starting with the cells ``leading``."""
+    rows = []
     for method, metrics in lead["over"].items():
-        cells = [format_lead(metrics[key]) if key in metrics else "-" for key in LEAD_METRICS]
-        lines.append(f"| {lead['reference']} over {method} | {' | '.join(cells)} |")
-    return "\n".join(lines)
+        cells = [*leading, f"{lead['reference']} over {method}"]
+        cells += [format_lead(metrics[key]) if key in metrics else "-" for key in LEAD_METRICS]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
